@@ -1,0 +1,3 @@
+"""The library every VLFeedback service imports: contracts, runtime, ledger, blobs, backends, HTTP."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""One interface for "answer this image(s) + conversation": HTTP (OpenAI-compatible), transformers, vLLM."""

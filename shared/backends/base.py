@@ -1,0 +1,62 @@
+"""The backend interface shared by sampler, annotator and evaluator."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    """How to sample one answer. Defaults are greedy and short."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = Field(None, description="Per-request seed, where the backend supports it.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+
+
+class GenerationRequest(BaseModel):
+    """Images go with the first user message; ``response_format`` asks for JSON (structured output)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    messages: list[ChatMessage]
+    images: list[bytes] = Field(default_factory=list, description="Encoded image files (PNG/JPEG).")
+    params: SamplingParams = SamplingParams()
+    response_format: dict | None = Field(None, description="A JSON schema the reply must follow.")
+
+
+class GenerationResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+
+class Backend(Protocol):
+    """Answers batches of requests; results are returned in request order.
+
+    Raises ``shared.backends.errors.TransientBackendError`` once its own retries are spent and
+    ``PermanentBackendError`` (or ``ContextLengthError``) for requests that can never succeed.
+    """
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def check(self) -> None:
+        """Raise if the backend cannot serve right now (used by ``/readyz``)."""
+        ...
+
+    def close(self) -> None: ...

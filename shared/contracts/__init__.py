@@ -1,0 +1,1 @@
+"""Event models, topic registry and deterministic ids: the contracts between services."""

@@ -1,0 +1,347 @@
+"""The ledger: immutable facts keyed by deterministic ids, plus the status of long jobs.
+
+Writes of facts are insert-or-ignore on the id, so replaying a message changes nothing. SQLite (WAL)
+serves one machine, PostgreSQL a cluster, through the same code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.contracts import events as ev
+from shared.contracts.ids import stable_hash
+from shared.ledger import tables as t
+from shared.ledger.errors import LedgerUnavailable
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fact_row(event: ev.Event) -> tuple[type[t.Base], dict[str, Any]]:
+    """Map an event to its fact table and column values."""
+    payload = event.model_dump(mode="json")
+    match event:
+        case ev.Instruction():
+            return t.InstructionRow, dict(
+                id=event.instruction_id, source=event.source, created_at=event.submitted_at, payload=payload
+            )
+        case ev.Response():
+            return t.ResponseRow, dict(
+                id=event.response_id,
+                instruction_id=event.instruction_id,
+                model_id=event.model_id,
+                created_at=event.created_at,
+                payload=payload,
+            )
+        case ev.Annotation():
+            return t.AnnotationRow, dict(
+                id=event.annotation_id,
+                instruction_id=event.instruction_id,
+                judge_id=event.judge_id,
+                created_at=event.created_at,
+                payload=payload,
+            )
+        case ev.Pair():
+            return t.PairRow, dict(
+                id=event.pair_id,
+                instruction_id=event.instruction_id,
+                strategy=event.strategy,
+                split=event.split,
+                margin=event.margin,
+                created_at=event.created_at,
+                payload=payload,
+            )
+        case ev.Checkpoint():
+            return t.CheckpointRow, dict(
+                id=event.checkpoint_id, job_id=event.job_id, created_at=event.created_at, payload=payload
+            )
+        case ev.EvalResult():
+            return t.EvalResultRow, dict(
+                id=event.result_id,
+                eval_id=event.eval_id,
+                benchmark=event.benchmark,
+                created_at=event.created_at,
+                payload=payload,
+            )
+    raise TypeError(f"{type(event).__name__} is not a ledger fact (jobs are recorded with upsert_job)")
+
+
+class Ledger:
+    """One handle per process; thread-safe (a session per call)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the latest Alembic revision; safe when several processes start at once."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self._migration_lock(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def ping(self) -> None:
+        with self._session() as s:
+            s.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
+
+    # --- facts ----------------------------------------------------------------------------------
+
+    def record(self, *facts: ev.Event) -> int:
+        """Insert facts that are not there yet, in one transaction; returns how many were new."""
+        inserted = 0
+        with self._session() as s:
+            for fact in facts:
+                table, values = _fact_row(fact)
+                insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+                result = s.execute(
+                    insert(table).values(**values).on_conflict_do_nothing(index_elements=["id"])
+                )
+                inserted += result.rowcount or 0
+        return inserted
+
+    def instruction(self, instruction_id: str) -> ev.Instruction | None:
+        with self._session() as s:
+            row = s.get(t.InstructionRow, instruction_id)
+        return ev.Instruction.model_validate(row.payload) if row else None
+
+    def responses_for(self, instruction_id: str) -> list[ev.Response]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(t.ResponseRow)
+                .where(t.ResponseRow.instruction_id == instruction_id)
+                .order_by(t.ResponseRow.id)
+            ).all()
+        return [ev.Response.model_validate(r.payload) for r in rows]
+
+    def annotations_for(self, instruction_id: str) -> list[ev.Annotation]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(t.AnnotationRow)
+                .where(t.AnnotationRow.instruction_id == instruction_id)
+                .order_by(t.AnnotationRow.judge_id)
+            ).all()
+        return [ev.Annotation.model_validate(r.payload) for r in rows]
+
+    def pairs_for(self, instruction_id: str) -> list[ev.Pair]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(t.PairRow).where(t.PairRow.instruction_id == instruction_id).order_by(t.PairRow.id)
+            ).all()
+        return [ev.Pair.model_validate(r.payload) for r in rows]
+
+    def iter_facts(self, model: type[ev.Event], batch_size: int = 1000, **filters: Any) -> Iterator[ev.Event]:
+        """Stream every fact of one kind (optionally filtered on its indexed columns), oldest first."""
+        table = {
+            ev.Instruction: t.InstructionRow,
+            ev.Response: t.ResponseRow,
+            ev.Annotation: t.AnnotationRow,
+            ev.Pair: t.PairRow,
+            ev.Checkpoint: t.CheckpointRow,
+            ev.EvalResult: t.EvalResultRow,
+        }[model]
+        query = select(table.payload).order_by(table.created_at, table.id)
+        for column, value in filters.items():
+            query = query.where(getattr(table, column) == value)
+        with self.engine.connect() as conn:
+            for payload in conn.execution_options(yield_per=batch_size).execute(query).scalars():
+                yield model.model_validate(payload)
+
+    def count(self, model: type[ev.Event], **filters: Any) -> int:
+        table = {
+            ev.Instruction: t.InstructionRow,
+            ev.Response: t.ResponseRow,
+            ev.Annotation: t.AnnotationRow,
+            ev.Pair: t.PairRow,
+            ev.Checkpoint: t.CheckpointRow,
+            ev.EvalResult: t.EvalResultRow,
+        }[model]
+        query = select(func.count()).select_from(table)
+        for column, value in filters.items():
+            query = query.where(getattr(table, column) == value)
+        with self._session() as s:
+            return s.scalar(query) or 0
+
+    # --- paid judge replies ---------------------------------------------------------------------
+
+    @staticmethod
+    def judge_call_id(instruction_id: str, judge_id: str, purpose: str) -> str:
+        return stable_hash("judge_call", instruction_id, judge_id, purpose)
+
+    def judge_reply(self, call_id: str) -> t.JudgeCallRow | None:
+        with self._session() as s:
+            return s.get(t.JudgeCallRow, call_id)
+
+    def save_judge_reply(
+        self,
+        call_id: str,
+        *,
+        instruction_id: str,
+        judge_id: str,
+        purpose: str,
+        raw_reply: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+    ) -> None:
+        row = dict(
+            id=call_id,
+            instruction_id=instruction_id,
+            judge_id=judge_id,
+            purpose=purpose,
+            raw_reply=raw_reply,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost_usd,
+            created_at=_now(),
+        )
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        with self._session() as s:
+            s.execute(insert(t.JudgeCallRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+
+    def judge_spend(self) -> dict[str, float]:
+        with self._session() as s:
+            rows = s.execute(
+                select(t.JudgeCallRow.judge_id, func.sum(t.JudgeCallRow.cost_usd)).group_by(
+                    t.JudgeCallRow.judge_id
+                )
+            ).all()
+        return {judge: float(total or 0) for judge, total in rows}
+
+    # --- benchmark predictions ------------------------------------------------------------------
+
+    def prediction(self, model_key: str, benchmark: str, item_id: str) -> str | None:
+        with self._session() as s:
+            row = s.get(t.PredictionRow, stable_hash(model_key, benchmark, item_id))
+        return row.text if row else None
+
+    def save_prediction(self, model_key: str, benchmark: str, item_id: str, text_: str) -> None:
+        row = dict(
+            id=stable_hash(model_key, benchmark, item_id),
+            model_key=model_key,
+            benchmark=benchmark,
+            item_id=item_id,
+            text=text_,
+            created_at=_now(),
+        )
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        with self._session() as s:
+            s.execute(insert(t.PredictionRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+
+    # --- long jobs ------------------------------------------------------------------------------
+
+    def create_job(self, job_id: str, kind: str, request: dict) -> bool:
+        """Record a job as queued unless it exists; returns True when it was new."""
+        now = _now()
+        row = dict(
+            id=job_id,
+            kind=kind,
+            status="queued",
+            attempts=0,
+            request=request,
+            progress={},
+            error=None,
+            created_at=now,
+            updated_at=now,
+        )
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        with self._session() as s:
+            result = s.execute(insert(t.JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+            return bool(result.rowcount)
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        progress: dict | None = None,
+        error: str | None = None,
+        add_attempt: bool = False,
+    ) -> None:
+        with self._session() as s:
+            row = s.get(t.JobRow, job_id)
+            if row is None:
+                raise KeyError(f"no job {job_id!r}")
+            if status is not None:
+                row.status = status
+            if progress is not None:
+                row.progress = progress
+            if error is not None:
+                row.error = error
+            if add_attempt:
+                row.attempts += 1
+            row.updated_at = _now()
+
+    def job(self, job_id: str) -> t.JobRow | None:
+        with self._session() as s:
+            return s.get(t.JobRow, job_id)
+
+    def jobs(self, kind: str | None = None, status: str | None = None) -> list[t.JobRow]:
+        query = select(t.JobRow).order_by(t.JobRow.created_at)
+        if kind:
+            query = query.where(t.JobRow.kind == kind)
+        if status:
+            query = query.where(t.JobRow.status == status)
+        with self._session() as s:
+            return list(s.scalars(query).all())
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    database = url.split("///", 1)[-1]
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine

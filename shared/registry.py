@@ -1,0 +1,138 @@
+"""The model and judge registry (a YAML file), and which models answer which instruction.
+
+A new LVLM or judge is one more entry here plus one more consumer process; no code changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.backends.base import SamplingParams
+
+BackendKind = Literal["openai", "transformers", "vllm"]
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Also names the consumer group.")
+    backend: BackendKind
+    model: str = Field(description="Served model name, hub id or local path.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend: openai).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    api_key_file: str | None = Field(None, description="Mounted secret file holding the API key.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once (HTTP) or batch size.")
+    timeout_s: float = Field(120.0, gt=0)
+    price_per_1k_input: float = Field(0.0, ge=0, description="USD per 1k prompt tokens.")
+    price_per_1k_output: float = Field(0.0, ge=0, description="USD per 1k completion tokens.")
+
+    @model_validator(mode="after")
+    def _openai_needs_url_or_key(self) -> _Entry:
+        if self.backend == "openai" and not (self.base_url or self.api_key_env or self.api_key_file):
+            raise ValueError(
+                f"{self.id}: backend openai needs base_url or an API key (api_key_env/api_key_file)"
+            )
+        return self
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_per_1k_input + completion_tokens * self.price_per_1k_output) / 1000
+
+
+class ModelEntry(_Entry):
+    """An LVLM that answers instructions."""
+
+    sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=512)
+    system_prompt: str | None = None
+    chat_template: str | None = Field(
+        None, description="Path of a Jinja chat template overriding the model's."
+    )
+
+
+class JudgeEntry(BaseModel):
+    """An AI judge (any OpenAI-compatible model) or the rule-based verifiable judge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    kind: Literal["ai", "verifiable"] = "ai"
+    backend: BackendKind = "openai"
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    mode: Literal["all_in_one", "per_aspect"] = "all_in_one"
+    structured_output: bool = Field(False, description="Ask for JSON via response_format json_schema.")
+    swap: bool = Field(False, description="Rate again in reverse order; report self-agreement.")
+    max_tokens: int = Field(2048, ge=1)
+    prompt_template: str | None = Field(None, description="File with a user-supplied judge prompt template.")
+    price_per_1k_input: float = Field(0.0, ge=0)
+    price_per_1k_output: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ai_needs_model(self) -> JudgeEntry:
+        if self.kind == "ai" and not self.model:
+            raise ValueError(f"judge {self.id}: kind ai needs a model")
+        return self
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_per_1k_input + completion_tokens * self.price_per_1k_output) / 1000
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: list[ModelEntry] = Field(default_factory=list)
+    judges: list[JudgeEntry] = Field(default_factory=list)
+    models_per_instruction: int = Field(
+        4, ge=1, description="k: how many models answer an instruction (paper: 4)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Registry:
+        for kind, entries in (("model", self.models), ("judge", self.judges)):
+            ids = [e.id for e in entries]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} ids in registry: {dupes}")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> Registry:
+        if not path.exists():
+            raise FileNotFoundError(f"registry file {path} not found (set VLF_REGISTRY_PATH)")
+        return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+
+    def model(self, model_id: str) -> ModelEntry:
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        raise KeyError(f"model {model_id!r} is not in the registry; known: {[m.id for m in self.models]}")
+
+    def judge(self, judge_id: str) -> JudgeEntry:
+        for entry in self.judges:
+            if entry.id == judge_id:
+                return entry
+        raise KeyError(f"judge {judge_id!r} is not in the registry; known: {[j.id for j in self.judges]}")
+
+    def assign(self, instruction_id: str, k: int | None = None) -> list[str]:
+        """The k models that answer an instruction, by rendezvous hashing: adding a model only moves
+        instructions onto it, so a new sampler never changes who answers the rest."""
+        k = k or self.models_per_instruction
+        scored = sorted(self.models, key=lambda m: _rendezvous(instruction_id, m.id), reverse=True)
+        return sorted(m.id for m in scored[:k])
+
+
+def _rendezvous(instruction_id: str, model_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{instruction_id}\x00{model_id}".encode()).digest()[:8], "big")
+
+
+def assigned_models(instruction_models: list[str], registry: Registry, instruction_id: str) -> list[str]:
+    """The instruction's own list when it names models, else the registry's deterministic choice."""
+    return sorted(instruction_models) if instruction_models else registry.assign(instruction_id)

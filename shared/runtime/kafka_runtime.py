@@ -1,0 +1,410 @@
+"""The Kafka runtime: consume, hand each message to its handler, publish, commit, dead-letter.
+
+Contract (DESIGN.md "at-least-once, effectively once"):
+- auto-commit is off; a message's offset is committed only after its handler returned (its ledger
+  writes done) and every output event (or its DLQ record) was acknowledged by the broker;
+- messages run on ``max_in_flight`` worker lanes; a key always goes to the same lane, so one
+  instruction's events are handled in order, and offsets are committed in order per partition;
+- ``RetryableError``: retried with exponential backoff and jitter, then dead-lettered;
+  ``PermanentError``/``ContractError``: dead-lettered at once; anything else: the process stops
+  loudly without committing that message, which is redelivered after the restart;
+- a broker outage never dead-letters anything: publishing is retried until the broker is back;
+- SIGTERM (``stop()``): running messages finish, done offsets are committed, clients close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from shared.contracts.codec import decode, encode
+from shared.contracts.events import Event
+from shared.contracts.topics import TopicSpec, topic
+from shared.errors import PermanentError, RetryableError
+from shared.runtime.dlq import dlq_headers
+from shared.runtime.metrics import RuntimeMetrics
+from shared.runtime.offsets import OffsetTracker
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], list[Event]]
+
+LAG_INTERVAL_S = 5.0
+PUBLISH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What a service consumes (topic -> handler) and may produce; checked at start-up."""
+
+    name: str
+    group_id: str
+    routes: dict[str, Handler]
+    produces: tuple[TopicSpec, ...] = ()
+    ready_checks: dict[str, Callable[[], None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.routes:
+            topic(name)  # raises on an unknown topic name
+        models = [spec.model for spec in self.produces]
+        if len(models) != len(set(models)):
+            raise ValueError(f"{self.name}: two produced topics share an event model")
+
+
+class _Abandoned(Exception):
+    """The runtime is stopping; the message stays uncommitted and is redelivered."""
+
+
+class KafkaRuntime:
+    def __init__(
+        self,
+        definition: ServiceDefinition,
+        settings: CommonSettings,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = RuntimeMetrics(self.registry)
+        self._tracker = OffsetTracker()
+        self._stopping = threading.Event()  # stop fetching; lanes finish what they were given
+        self._abandon = threading.Event()  # grace period over (or a crash): leave the rest uncommitted
+        self._fatal: BaseException | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._lanes: list[_Lane] = []
+        self._last_tick = time.monotonic()
+        self._produced_topic = {spec.model: spec for spec in definition.produces}
+        self._ns = settings.topic_namespace
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish; safe from signal handlers and other threads."""
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Consume until ``stop()``; re-raises the error that made a handler crash."""
+        self.ensure_topics()
+        client = self.settings.kafka_client_config()
+        self._producer = KafkaProducer(**client, acks="all", linger_ms=5, retries=5, max_block_ms=10_000)
+        self._consumer = KafkaConsumer(
+            **client,
+            group_id=self.definition.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.settings.session_timeout_ms,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            client_id=f"{self.definition.group_id}",
+        )
+        self._consumer.subscribe(
+            [self._ns + name for name in self.definition.routes], listener=_Rebalance(self)
+        )
+        self._lanes = [_Lane(self, i) for i in range(self.settings.max_in_flight)]
+        for lane in self._lanes:
+            lane.start()
+        log.info(
+            "runtime started",
+            extra={"group": self.definition.group_id, "topics": list(self.definition.routes)},
+        )
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def alive(self) -> bool:
+        """Liveness: the poll loop ticked recently (never checks Kafka or the database)."""
+        return not self._stopping.is_set() and time.monotonic() - self._last_tick < 60
+
+    def readiness(self) -> dict[str, str]:
+        """Each check -> "ok" or the reason it failed."""
+        checks: dict[str, str] = {"kafka": self._kafka_state()}
+        for name, check in self.definition.ready_checks.items():
+            try:
+                check()
+                checks[name] = "ok"
+            except Exception as exc:  # a readiness probe reports any failure, it never raises
+                checks[name] = f"{type(exc).__name__}: {exc}"
+        return checks
+
+    def info(self) -> dict:
+        return {
+            "service": self.definition.name,
+            "group_id": self.definition.group_id,
+            "consumes": list(self.definition.routes),
+            "produces": [spec.name for spec in self.definition.produces],
+            "assignment": sorted(f"{tp.topic}:{tp.partition}" for tp in self._assignment()),
+        }
+
+    def ensure_topics(self) -> None:
+        """Create every consumed and produced topic and its DLQ if missing (idempotent)."""
+        specs = {topic(name) for name in self.definition.routes} | set(self.definition.produces)
+        wanted = []
+        for spec in specs:
+            config = {"retention.ms": str(spec.retention_ms)}
+            rf = self.settings.kafka_replication_factor
+            wanted += [
+                NewTopic(self._ns + spec.name, spec.partitions, rf, topic_configs=config),
+                NewTopic(self._ns + spec.dlq, 1, rf),
+            ]
+        admin = KafkaAdminClient(**self.settings.kafka_client_config(), request_timeout_ms=30_000)
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in wanted if t.name not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
+                    admin.create_topics(missing)
+        finally:
+            admin.close()
+
+    # --- poll loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self._consumer is not None
+        next_commit = next_lag = time.monotonic()
+        while not self._stopping.is_set():
+            self._last_tick = time.monotonic()
+            self._apply_backpressure()
+            room = max(1, self.settings.max_buffered - self._tracker.in_flight())
+            batch = self._consumer.poll(timeout_ms=200, max_records=room)
+            for tp, records in batch.items():
+                for record in records:
+                    self._tracker.started((tp.topic, tp.partition), record.offset)
+                    self.metrics.consumed.labels(self.definition.name, tp.topic).inc()
+                    lane = self._lanes[zlib.crc32(record.key or b"") % len(self._lanes)]
+                    lane.put(record)
+            self.metrics.in_flight.labels(self.definition.name).set(self._tracker.in_flight())
+            now = time.monotonic()
+            if now >= next_commit:
+                self._commit()
+                next_commit = now + self.settings.commit_interval_s
+            if now >= next_lag:
+                self._update_lag()
+                next_lag = now + LAG_INTERVAL_S
+
+    def _apply_backpressure(self) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if self._tracker.in_flight() >= self.settings.max_buffered:
+            self._consumer.pause(*assignment)
+        elif self._consumer.paused():
+            self._consumer.resume(*self._consumer.paused())
+
+    def _commit(self) -> None:
+        ready = self._tracker.take_committable()
+        if not ready or self._consumer is None:
+            return
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in ready.items()}
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:  # e.g. a rebalance took the partition: its new owner redoes the work
+            log.warning("commit failed, messages will be redelivered: %s", exc)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self._assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=1000)
+            except KafkaError:
+                continue
+            if position is not None:
+                self.metrics.lag.labels(self.definition.name, tp.topic, str(tp.partition)).set(
+                    highwater - position
+                )
+
+    def _assignment(self) -> set[TopicPartition]:
+        return self._consumer.assignment() if self._consumer is not None else set()
+
+    def _kafka_state(self) -> str:
+        if self._consumer is None:
+            return "not started"
+        client = self._consumer._client  # kafka-python exposes connection state only on its client
+        brokers = client.cluster.brokers()
+        if not brokers or not any(client.connected(b.nodeId) for b in brokers):
+            return "no broker connection"
+        if not self._assignment():
+            return "no partitions assigned"
+        return "ok"
+
+    def _drain(self, timeout_s: float) -> None:
+        """Wait until every lane finished what it holds (or the timeout passed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(lane.busy() for lane in self._lanes):
+            time.sleep(0.02)
+
+    def _shutdown(self) -> None:
+        """Let lanes finish the messages they hold (so committed offsets have no gaps and nothing is
+        redone), within the grace period; then abandon the rest, commit and close."""
+        self._stopping.set()
+        for lane in self._lanes:
+            lane.put(None)
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        for lane in self._lanes:
+            lane.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._abandon.set()
+        for lane in self._lanes:
+            lane.join(timeout=30)
+        self._commit()
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+        log.info("runtime stopped", extra={"group": self.definition.group_id})
+
+    # --- per message (worker threads) -----------------------------------------------------------
+
+    def process(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
+        """Handle one record to completion: outputs acknowledged, or dead-lettered, or abandoned."""
+        name = record.topic.removeprefix(self._ns)
+        spec = topic(name)
+        handler = self.definition.routes[name]
+        started = time.monotonic()
+        attempts = 0
+        key = (record.key or b"").decode(errors="replace")
+        with structlog.contextvars.bound_contextvars(key=key, topic=record.topic, offset=record.offset):
+            self._process(record, spec, handler, started, attempts)
+
+    def _process(self, record, spec: TopicSpec, handler: Handler, started: float, attempts: int) -> None:  # noqa: ANN001
+        try:
+            while True:
+                attempts += 1
+                try:
+                    outputs = handler(decode(spec, record.value))
+                    self._publish(outputs)
+                    break
+                except RetryableError as exc:
+                    self._count_failure(record.topic, exc)
+                    if attempts >= self.settings.retry_attempts:
+                        self._dead_letter(record, exc, attempts)
+                        break
+                    delay = self.settings.retry_backoff_s * 2 ** (attempts - 1)
+                    if self._abandon.wait(delay * (0.5 + random.random())):
+                        raise _Abandoned() from exc
+                except PermanentError as exc:
+                    self._count_failure(record.topic, exc)
+                    self._dead_letter(record, exc, attempts)
+                    break
+        except _Abandoned:
+            return
+        except BaseException as exc:
+            log.exception(
+                "handler crashed on %s[%s]@%s; stopping", record.topic, record.partition, record.offset
+            )
+            self._count_failure(record.topic, exc)
+            self._fatal = self._fatal or exc
+            self._abandon.set()
+            self._stopping.set()
+            return
+        self.metrics.handler_seconds.labels(self.definition.name, record.topic).observe(
+            time.monotonic() - started
+        )
+        self._tracker.finished((record.topic, record.partition), record.offset)
+
+    def _count_failure(self, topic_name: str, exc: BaseException) -> None:
+        self.metrics.failed.labels(self.definition.name, topic_name, type(exc).__name__).inc()
+
+    def _publish(self, outputs: list[Event]) -> None:
+        sends = []
+        for event in outputs:
+            spec = self._produced_topic.get(type(event))
+            if spec is None:
+                raise TypeError(f"{self.definition.name} does not declare a topic for {type(event).__name__}")
+            sends.append((self._ns + spec.name, spec.key(event).encode(), encode(event), []))
+        self._send_acknowledged(sends)
+        for name, *_ in sends:
+            self.metrics.produced.labels(self.definition.name, name).inc()
+
+    def _dead_letter(self, record, error: BaseException, attempts: int) -> None:  # noqa: ANN001
+        headers = dlq_headers(
+            list(record.headers or []),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            service=self.definition.group_id,
+            error=error,
+            attempts=attempts,
+        )
+        log.warning("dead-lettered %s[%s]@%s: %s", record.topic, record.partition, record.offset, error)
+        dlq = self._ns + topic(record.topic.removeprefix(self._ns)).dlq
+        self._send_acknowledged([(dlq, record.key, record.value, headers)])
+        self.metrics.dead_lettered.labels(self.definition.name, record.topic).inc()
+
+    def _send_acknowledged(self, sends: list[tuple[str, bytes | None, bytes | None, list]]) -> None:
+        """Send and wait for the broker's acks; while the broker is away, keep trying until stopped."""
+        assert self._producer is not None
+        backoff = 0.5
+        while True:
+            try:
+                futures = [self._producer.send(t, key=k, value=v, headers=h) for t, k, v, h in sends]
+                for future in futures:
+                    future.get(timeout=PUBLISH_TIMEOUT_S)
+                return
+            except KafkaError as exc:
+                log.warning("publish failed (%s); retrying in %.1fs", exc, backoff)
+                if self._abandon.wait(backoff):
+                    raise _Abandoned() from exc
+                backoff = min(backoff * 2, 10.0)
+
+
+class _Lane(threading.Thread):
+    """A worker thread with its own queue: one key always lands on the same lane."""
+
+    def __init__(self, runtime: KafkaRuntime, index: int) -> None:
+        super().__init__(name=f"{runtime.definition.name}-lane-{index}", daemon=True)
+        self._runtime = runtime
+        self._queue: queue.Queue = queue.Queue()
+        self._working = False
+
+    def put(self, record) -> None:  # noqa: ANN001
+        self._queue.put(record)
+
+    def busy(self) -> bool:
+        return self._working or not self._queue.empty()
+
+    def run(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None or self._runtime._abandon.is_set():
+                return
+            self._working = True
+            try:
+                self._runtime.process(record)
+            finally:
+                self._working = False
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Before partitions move: finish their running messages and commit, so the next owner starts clean."""
+
+    def __init__(self, runtime: KafkaRuntime) -> None:
+        self._runtime = runtime
+
+    def on_partitions_revoked(self, revoked) -> None:  # noqa: ANN001
+        if not self._runtime._stopping.is_set():
+            self._runtime._drain(timeout_s=self._runtime.settings.max_poll_interval_ms / 2000)
+        self._runtime._commit()
+        self._runtime._tracker.forget([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned) -> None:  # noqa: ANN001
+        log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))

@@ -1,0 +1,87 @@
+"""A minimal real service for testing the runtime: records every event in the ledger and answers each
+instruction with an echo response. Run as ``python -m tests.integration.recorder_service``.
+
+Test knobs (environment): RECORDER_KILL_AFTER=N SIGKILLs the process right after the N-th ledger write
+(before its outputs are published or its offset committed); RECORDER_DELAY_S slows each message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from shared.contracts import events as ev
+from shared.contracts.ids import response_id
+from shared.contracts.topics import ALL_TOPICS, RESPONSES
+from shared.ledger import Ledger
+from shared.runtime.kafka_runtime import ServiceDefinition
+from shared.runtime.service import serve
+from shared.settings import CommonSettings
+
+
+class Recorder:
+    def __init__(self, ledger: Ledger, kill_after: int, delay_s: float) -> None:
+        self.ledger = ledger
+        self.kill_after = kill_after
+        self.delay_s = delay_s
+        self.writes = 0
+        self.lock = threading.Lock()
+
+    def handle(self, event: ev.Event) -> list[ev.Event]:
+        time.sleep(self.delay_s)
+        match event:
+            case ev.TrainRequest() | ev.EvalRequest():
+                kind = "train" if isinstance(event, ev.TrainRequest) else "eval"
+                job_id = event.job_id if isinstance(event, ev.TrainRequest) else event.eval_id
+                self.ledger.create_job(job_id, kind, event.model_dump(mode="json"))
+            case ev.TrainProgress():
+                self.ledger.create_job(event.job_id, "train", {})
+                self.ledger.update_job(
+                    event.job_id, status=event.status, progress=event.model_dump(mode="json")
+                )
+            case _:
+                self.ledger.record(event)
+        with self.lock:
+            self.writes += 1
+            if self.writes == self.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(event, ev.Instruction):
+            sampling = {"temperature": 0.0}
+            return [
+                ev.Response(
+                    response_id=response_id(event.instruction_id, "echo", sampling, 0),
+                    instruction=event,
+                    model_id="echo",
+                    sampling=sampling,
+                    text=event.prompt,
+                    status="answered",
+                    finish_reason="stop",
+                )
+            ]
+        return []
+
+
+def main() -> None:
+    common = CommonSettings()
+    ledger = Ledger(common.ledger_url)
+    ledger.migrate()
+    recorder = Recorder(
+        ledger,
+        int(os.environ.get("RECORDER_KILL_AFTER", "0")),
+        float(os.environ.get("RECORDER_DELAY_S", "0")),
+    )
+    topics = os.environ.get("RECORDER_TOPICS", ",".join(t.name for t in ALL_TOPICS)).split(",")
+    definition = ServiceDefinition(
+        name="recorder",
+        group_id=os.environ.get("RECORDER_GROUP", "vlf-recorder"),
+        routes={name: recorder.handle for name in topics},
+        produces=(RESPONSES,),
+        ready_checks={"ledger": ledger.ping},
+    )
+    serve(definition, common)
+
+
+if __name__ == "__main__":
+    main()

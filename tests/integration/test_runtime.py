@@ -1,0 +1,247 @@
+"""The Kafka runtime on the real broker, through a real service process (recorder_service)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import httpx
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from shared.contracts import events as ev
+from shared.contracts import topics
+from shared.contracts.codec import encode
+from shared.ledger import Ledger
+from shared.runtime.dlq import read_dlq_headers
+from tests import factories
+from tests.conftest import free_port
+from tests.integration.kafka_helpers import (
+    consume_all,
+    create_topics,
+    produce,
+    service_env,
+    start_process,
+    wait_until,
+)
+
+RECORDER = "tests.integration.recorder_service"
+
+
+def _produce_events(bootstrap: str, namespace: str, events: list[ev.Event]) -> None:
+    by_topic: dict[str, list] = {}
+    for event in events:
+        spec = next(s for s in topics.ALL_TOPICS if s.model is type(event))
+        by_topic.setdefault(namespace + spec.name, []).append((spec.key(event).encode(), encode(event)))
+    for name, messages in by_topic.items():
+        spec = topics.topic(name.removeprefix(namespace))
+        create_topics(bootstrap, [name, namespace + spec.dlq], partitions=spec.partitions)
+        produce(bootstrap, name, messages)
+
+
+def _stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=60)
+
+
+@pytest.fixture
+def ledger(ledger_url):
+    led = Ledger(ledger_url)
+    led.migrate()
+    yield led
+    led.close()
+
+
+def test_every_event_type_round_trips_to_the_ledger(kafka_bootstrap, namespace, ledger_url, ledger, tmp_path):
+    events = factories.one_of_each(1)
+    process = start_process(
+        RECORDER, service_env(kafka_bootstrap, namespace, ledger_url, VLF_HTTP_PORT="0"), tmp_path / "log"
+    )
+    try:
+        _produce_events(kafka_bootstrap, namespace, events)
+
+        def all_there() -> bool:
+            return (
+                all(
+                    ledger.count(type(e)) == 1
+                    for e in events
+                    if not isinstance(e, ev.TrainRequest | ev.EvalRequest | ev.TrainProgress | ev.Response)
+                )
+                and ledger.count(ev.Response) == 2  # the one produced here and the recorder's echo
+                and len(ledger.jobs()) == 3
+            )
+
+        wait_until(all_there, 60, "every event in the ledger")
+    finally:
+        assert _stop(process) == 0, (tmp_path / "log").read_text()
+    inst, resp, ann, pair = events[:4]
+    assert ledger.instruction(inst.instruction_id) == inst
+    assert resp in ledger.responses_for(inst.instruction_id)
+    assert ledger.annotations_for(inst.instruction_id) == [ann]
+    assert ledger.pairs_for(inst.instruction_id) == [pair]
+    assert ledger.job("job-1").request["base_model"] == "tiny"
+    assert ledger.job("job-p1").progress["step"] == 3
+    assert ledger.job("eval-1").kind == "eval"
+    published = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name, expect=2)
+    echoed = [json.loads(r.value) for r in published if json.loads(r.value)["model_id"] == "echo"]
+    assert [e["text"] for e in echoed] == [inst.prompt]
+
+
+def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+):
+    name = namespace + topics.INSTRUCTIONS.name
+    create_topics(kafka_bootstrap, [name], partitions=1)
+    good = [factories.instruction(i) for i in range(4)]
+    key = b"same-key"
+    unknown_version = json.loads(encode(good[0]))
+    unknown_version["schema_version"] = 42
+    missing_field = json.loads(encode(good[0]))
+    del missing_field["prompt"]
+    messages = [
+        (key, encode(good[0])),
+        (key, b"{this is not json"),
+        (key, encode(good[1])),
+        (key, json.dumps(unknown_version).encode()),
+        (key, encode(good[2])),
+        (key, json.dumps(missing_field).encode()),
+        (key, encode(good[3])),
+    ]
+    produce(kafka_bootstrap, name, messages, headers=[("trace-id", b"abc")])
+    env = service_env(
+        kafka_bootstrap, namespace, ledger_url, VLF_HTTP_PORT="0", RECORDER_TOPICS=topics.INSTRUCTIONS.name
+    )
+    process = start_process(RECORDER, env, tmp_path / "log")
+    try:
+        wait_until(lambda: ledger.count(ev.Instruction) == 4, 60, "the valid messages")
+        dead = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=3)
+    finally:
+        assert _stop(process) == 0, (tmp_path / "log").read_text()
+    assert len(dead) == 3
+    reasons = [read_dlq_headers(r.headers) for r in dead]
+    assert [r["error.class"] for r in reasons] == ["ContractError"] * 3
+    assert "invalid JSON" in reasons[0]["error.message"]
+    assert "unknown schema_version 42" in reasons[1]["error.message"]
+    assert "prompt: Field required" in reasons[2]["error.message"]
+    assert [int(r["source.offset"]) for r in reasons] == [1, 3, 5]
+    assert all(r["source.topic"] == name and r["service"] == "vlf-recorder" for r in reasons)
+    assert [d.value for d in dead] == [messages[1][1], messages[3][1], messages[5][1]]
+    assert all(("trace-id", b"abc") in d.headers for d in dead)
+
+
+def test_sigkill_between_ledger_write_and_commit_loses_and_duplicates_nothing(
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+):
+    events = [factories.instruction(i) for i in range(30)]
+    _produce_events(kafka_bootstrap, namespace, events)
+    env = service_env(
+        kafka_bootstrap, namespace, ledger_url, VLF_HTTP_PORT="0", RECORDER_TOPICS=topics.INSTRUCTIONS.name
+    )
+    killed = start_process(RECORDER, {**env, "RECORDER_KILL_AFTER": "10"}, tmp_path / "log")
+    assert killed.wait(timeout=90) == -signal.SIGKILL
+    assert ledger.count(ev.Instruction) >= 10
+    process = start_process(RECORDER, env, tmp_path / "log")
+    try:
+        wait_until(lambda: ledger.count(ev.Instruction) == 30, 90, "all instructions after the restart")
+        wait_until(lambda: _committed(kafka_bootstrap, namespace) == 30, 30, "offsets committed to the end")
+    finally:
+        assert _stop(process) == 0, (tmp_path / "log").read_text()
+    assert ledger.count(ev.Instruction) == 30
+    echoed = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name)
+    assert {json.loads(r.value)["response_id"] for r in echoed} == {
+        r.response_id for r in ledger.iter_facts(ev.Response)
+    } or len({json.loads(r.value)["instruction"]["instruction_id"] for r in echoed}) == 30
+
+
+def _committed(bootstrap: str, namespace: str, group: str = "vlf-recorder") -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    name = namespace + topics.INSTRUCTIONS.name
+    total = sum(
+        consumer.committed(TopicPartition(name, p)) or 0 for p in consumer.partitions_for_topic(name) or []
+    )
+    consumer.close()
+    return total
+
+
+def test_sigterm_mid_stream_exits_cleanly_without_loss_or_duplicates(
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+):
+    events = [factories.instruction(i) for i in range(300)]
+    _produce_events(kafka_bootstrap, namespace, events)
+    env = service_env(
+        kafka_bootstrap,
+        namespace,
+        ledger_url,
+        VLF_HTTP_PORT="0",
+        RECORDER_TOPICS=topics.INSTRUCTIONS.name,
+        RECORDER_DELAY_S="0.05",
+        VLF_MAX_IN_FLIGHT="4",
+    )
+    process = start_process(RECORDER, env, tmp_path / "log")
+    wait_until(lambda: ledger.count(ev.Instruction) >= 20, 60, "some progress")
+    assert _stop(process) == 0, (tmp_path / "log").read_text()
+    assert ledger.count(ev.Instruction) < 300, "stopped too late to test anything"
+    process = start_process(RECORDER, env, tmp_path / "log")
+    try:
+        wait_until(lambda: ledger.count(ev.Instruction) == 300, 90, "the rest after the restart")
+        wait_until(lambda: _committed(kafka_bootstrap, namespace) == 300, 30, "offsets committed to the end")
+    finally:
+        assert _stop(process) == 0, (tmp_path / "log").read_text()
+    echoed = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name, expect=300)
+    ids = [json.loads(r.value)["response_id"] for r in echoed]
+    assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_probes_report_real_state_and_readiness_follows_the_broker(namespace, ledger_url, ledger, tmp_path):
+    from shared.kafka_local import BrokerConfig, start_broker, stop_broker
+
+    port = free_port()
+    cfg = BrokerConfig(port=port, data_dir=tmp_path / "own-kafka")
+    bootstrap = start_broker(cfg)
+    http_port = free_port()
+    env = service_env(
+        bootstrap,
+        namespace,
+        ledger_url,
+        VLF_HTTP_PORT=str(http_port),
+        RECORDER_TOPICS=topics.INSTRUCTIONS.name,
+    )
+    process = start_process(RECORDER, env, tmp_path / "log")
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_until(lambda: _get(base + "/readyz") == 200, 60, "readiness")
+        assert _get(base + "/healthz") == 200
+        _produce_events(bootstrap, namespace, [factories.instruction(i) for i in range(5)])
+        wait_until(lambda: ledger.count(ev.Instruction) == 5, 60, "messages handled")
+        wait_until(
+            lambda: _metric(httpx.get(base + "/metrics").text, "vlf_messages_produced_total") == 5,
+            30,
+            "metrics",
+        )
+        metrics = httpx.get(base + "/metrics").text
+        assert _metric(metrics, "vlf_messages_consumed_total") == 5
+        assert "vlf_handler_seconds_bucket" in metrics
+        info = httpx.get(base + "/info").json()
+        assert info["group_id"] == "vlf-recorder" and info["consumes"] == [topics.INSTRUCTIONS.name]
+        stop_broker(cfg)
+        wait_until(lambda: _get(base + "/readyz") == 503, 60, "readiness to fail without the broker")
+        assert httpx.get(base + "/readyz").json()["checks"]["kafka"] != "ok"
+        assert _get(base + "/healthz") == 200
+        start_broker(cfg)
+        wait_until(lambda: _get(base + "/readyz") == 200, 90, "readiness to come back with the broker")
+    finally:
+        assert _stop(process) == 0, (tmp_path / "log").read_text()
+        stop_broker(cfg)
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0

@@ -1,0 +1,110 @@
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from shared.contracts import events as ev
+from shared.ledger import Ledger
+from shared.ledger.tables import Base
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    led.migrate()
+    yield led
+    led.close()
+
+
+def _instruction(n: int = 1) -> ev.Instruction:
+    return ev.Instruction(instruction_id=f"inst-{n:08d}", prompt=f"prompt {n}")
+
+
+def _response(inst: ev.Instruction, model: str) -> ev.Response:
+    return ev.Response(
+        response_id=f"{inst.instruction_id}-{model}",
+        instruction=inst,
+        model_id=model,
+        sampling={"temperature": 0.0},
+        text="an answer",
+        status="answered",
+        finish_reason="stop",
+    )
+
+
+def test_migrations_match_the_table_models(ledger):
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_migrate_twice_is_harmless(ledger):
+    ledger.migrate()
+    ledger.ping()
+
+
+def test_record_is_insert_or_ignore(ledger):
+    inst = _instruction()
+    assert ledger.record(inst) == 1
+    assert ledger.record(inst) == 0
+    assert ledger.instruction(inst.instruction_id) == inst
+    assert ledger.count(ev.Instruction) == 1
+
+
+def test_responses_are_found_by_instruction(ledger):
+    inst = _instruction()
+    ledger.record(_response(inst, "a"), _response(inst, "b"), _response(_instruction(2), "a"))
+    found = ledger.responses_for(inst.instruction_id)
+    assert [r.model_id for r in found] == ["a", "b"]
+    assert ledger.count(ev.Response, model_id="a") == 2
+
+
+def test_concurrent_writers_never_duplicate(ledger):
+    inst = _instruction()
+
+    def write() -> None:
+        for _ in range(20):
+            ledger.record(inst, _response(inst, "a"))
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ledger.count(ev.Instruction) == 1
+    assert ledger.count(ev.Response) == 1
+
+
+def test_jobs_are_created_once_and_updated(ledger):
+    assert ledger.create_job("job-1", "train", {"base_model": "m"})
+    assert not ledger.create_job("job-1", "train", {"base_model": "other"})
+    ledger.update_job("job-1", status="running", progress={"step": 3}, add_attempt=True)
+    job = ledger.job("job-1")
+    assert (job.status, job.progress, job.attempts, job.request) == (
+        "running",
+        {"step": 3},
+        1,
+        {"base_model": "m"},
+    )
+    assert [j.id for j in ledger.jobs(kind="train", status="running")] == ["job-1"]
+
+
+def test_judge_replies_and_predictions_are_kept(ledger):
+    call = Ledger.judge_call_id("inst-1", "gpt", "all_in_one")
+    assert ledger.judge_reply(call) is None
+    ledger.save_judge_reply(
+        call,
+        instruction_id="inst-1",
+        judge_id="gpt",
+        purpose="all_in_one",
+        raw_reply="Rating: 4",
+        prompt_tokens=100,
+        completion_tokens=20,
+        cost_usd=0.01,
+    )
+    assert ledger.judge_reply(call).raw_reply == "Rating: 4"
+    assert ledger.judge_spend() == {"gpt": pytest.approx(0.01)}
+    ledger.save_prediction("base", "mme", "color/1.png#0", "Yes")
+    assert ledger.prediction("base", "mme", "color/1.png#0") == "Yes"
+    assert ledger.prediction("tuned", "mme", "color/1.png#0") is None

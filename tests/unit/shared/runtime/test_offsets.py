@@ -1,0 +1,53 @@
+from shared.runtime.dlq import dlq_headers, read_dlq_headers
+from shared.runtime.offsets import OffsetTracker
+
+TP = ("vlf.responses.v1", 0)
+
+
+def test_commit_waits_for_the_oldest_unfinished_message():
+    tracker = OffsetTracker()
+    for offset in (10, 11, 12):
+        tracker.started(TP, offset)
+    tracker.finished(TP, 12)
+    tracker.finished(TP, 11)
+    assert tracker.take_committable() == {}
+    tracker.finished(TP, 10)
+    assert tracker.take_committable() == {TP: 13}
+    assert tracker.in_flight() == 0
+
+
+def test_committable_is_taken_once():
+    tracker = OffsetTracker()
+    tracker.started(TP, 0)
+    tracker.finished(TP, 0)
+    assert tracker.take_committable() == {TP: 1}
+    assert tracker.take_committable() == {}
+
+
+def test_finishing_a_forgotten_partition_is_ignored():
+    tracker = OffsetTracker()
+    tracker.started(TP, 5)
+    tracker.forget([TP])
+    tracker.finished(TP, 5)
+    assert tracker.take_committable() == {}
+
+
+def test_dlq_headers_keep_originals_and_replace_earlier_failures():
+    first = dlq_headers(
+        [("trace", b"1")],
+        topic="t",
+        partition=2,
+        offset=7,
+        service="svc",
+        error=ValueError("bad"),
+        attempts=3,
+    )
+    second = dlq_headers(
+        first, topic="t", partition=2, offset=9, service="svc", error=KeyError("k"), attempts=1
+    )
+    assert ("trace", b"1") in second
+    parsed = read_dlq_headers(second)
+    assert parsed["source.offset"] == "9"
+    assert parsed["error.class"] == "KeyError"
+    assert parsed["attempts"] == "1"
+    assert len([h for h in second if h[0] == "vlf.dlq.error.class"]) == 1
