@@ -85,7 +85,9 @@ class Response(Event):
 
 
 class AspectRating(Contract):
-    rating: int | None = Field(description="1 (worst) to 5 (best); None when the judge wrote no number.")
+    rating: float | None = Field(
+        description="1 (worst) to 5 (best); None when the judge wrote no number; a mean in swap mode."
+    )
     raw: str = Field(description="The rating as the judge wrote it (kept for export).")
     rationale: str = ""
 

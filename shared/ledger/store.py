@@ -204,6 +204,20 @@ class Ledger:
         with self._session() as s:
             return s.scalar(query) or 0
 
+    def unrated_instructions(self, judge_id: str, settled_before: datetime, limit: int = 500) -> list[str]:
+        """Instructions with answers but no rating by ``judge_id`` whose newest answer is older than
+        ``settled_before`` (the annotator's gather timeout)."""
+        rated = select(t.AnnotationRow.instruction_id).where(t.AnnotationRow.judge_id == judge_id)
+        query = (
+            select(t.ResponseRow.instruction_id)
+            .where(t.ResponseRow.instruction_id.not_in(rated))
+            .group_by(t.ResponseRow.instruction_id)
+            .having(func.max(t.ResponseRow.created_at) < settled_before)
+            .limit(limit)
+        )
+        with self._session() as s:
+            return list(s.scalars(query).all())
+
     # --- paid judge replies ---------------------------------------------------------------------
 
     @staticmethod

@@ -14,7 +14,6 @@ Contract (DESIGN.md "at-least-once, effectively once"):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import random
@@ -26,9 +25,9 @@ from dataclasses import dataclass, field
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError
+from kafka.partitioner.default import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -36,6 +35,7 @@ from shared.contracts.codec import decode, encode
 from shared.contracts.events import Event
 from shared.contracts.topics import TopicSpec, topic
 from shared.errors import PermanentError, RetryableError
+from shared.runtime.admin import ensure_topics
 from shared.runtime.dlq import dlq_headers
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.offsets import OffsetTracker
@@ -130,6 +130,22 @@ class KafkaRuntime:
         if self._fatal is not None:
             raise self._fatal
 
+    def owns(self, topic_name: str, key: str) -> bool:
+        """Whether this replica holds the partition that ``key`` maps to (for work started by a timer,
+        so exactly one replica does it)."""
+        if self._consumer is None:
+            return False
+        name = self._ns + topic_name
+        partitions = sorted(self._consumer.partitions_for_topic(name) or [])
+        if not partitions:
+            return False
+        partition = DefaultPartitioner()(key.encode(), partitions, partitions)
+        return TopicPartition(name, partition) in self._assignment()
+
+    def publish(self, events: list[Event]) -> None:
+        """Publish events from outside a handler (e.g. a timer), waiting for the broker's acks."""
+        self._publish(events)
+
     def alive(self) -> bool:
         """Liveness: the poll loop ticked recently (never checks Kafka or the database)."""
         return not self._stopping.is_set() and time.monotonic() - self._last_tick < 60
@@ -155,25 +171,10 @@ class KafkaRuntime:
         }
 
     def ensure_topics(self) -> None:
-        """Create every consumed and produced topic and its DLQ if missing (idempotent)."""
-        specs = {topic(name) for name in self.definition.routes} | set(self.definition.produces)
-        wanted = []
-        for spec in specs:
-            config = {"retention.ms": str(spec.retention_ms)}
-            rf = self.settings.kafka_replication_factor
-            wanted += [
-                NewTopic(self._ns + spec.name, spec.partitions, rf, topic_configs=config),
-                NewTopic(self._ns + spec.dlq, 1, rf),
-            ]
-        admin = KafkaAdminClient(**self.settings.kafka_client_config(), request_timeout_ms=30_000)
-        try:
-            existing = set(admin.list_topics())
-            missing = [t for t in wanted if t.name not in existing]
-            if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
-                    admin.create_topics(missing)
-        finally:
-            admin.close()
+        """Create every consumed and produced topic and its DLQ if missing."""
+        ensure_topics(
+            self.settings, {topic(name) for name in self.definition.routes} | set(self.definition.produces)
+        )
 
     # --- poll loop ------------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 from pydantic_settings import BaseSettings
 
 from shared.http.app import create_app
@@ -25,10 +27,20 @@ def settings_view(*all_settings: BaseSettings) -> dict:
     return view
 
 
-def serve(definition: ServiceDefinition, common: CommonSettings, *service_settings: BaseSettings) -> None:
-    """Block until SIGTERM/SIGINT; exit non-zero (by raising) when a handler crashed."""
+def serve(
+    definition: ServiceDefinition,
+    common: CommonSettings,
+    *service_settings: BaseSettings,
+    registry: CollectorRegistry | None = None,
+    background: Callable[[KafkaRuntime, threading.Event], None] | None = None,
+) -> None:
+    """Block until SIGTERM/SIGINT; exit non-zero (by raising) when a handler crashed.
+
+    ``registry`` lets handlers put their own metrics on /metrics; ``background(runtime, stopped)``
+    runs in a daemon thread (timers such as the annotator's gather timeout) until ``stopped`` is set.
+    """
     configure_logging(common.log_level, json_logs=common.log_json)
-    runtime = KafkaRuntime(definition, common)
+    runtime = KafkaRuntime(definition, common, registry)
     app = create_app(runtime, settings_view=settings_view(common, *service_settings), title=definition.name)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -39,8 +51,12 @@ def serve(definition: ServiceDefinition, common: CommonSettings, *service_settin
     http_thread.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runtime.stop())
+    stopped = threading.Event()
+    if background is not None:
+        threading.Thread(target=background, args=(runtime, stopped), name="background", daemon=True).start()
     try:
         runtime.run()
     finally:
+        stopped.set()
         server.should_exit = True
         http_thread.join(timeout=5)

@@ -1,0 +1,631 @@
+{{/*
+Names and labels.
+*/}}
+{{- define "vlf.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vlf.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A registry id as a DNS label: lower case, [a-z0-9-]. */}}
+{{- define "vlf.dnsId" -}}
+{{- regexReplaceAll "[^a-z0-9-]" (lower .) "-" | trimAll "-" -}}
+{{- end -}}
+
+{{/* Resource name of one component: (dict "root" $ "component" "sampler" "id" "llava") */}}
+{{- define "vlf.componentName" -}}
+{{- $base := include "vlf.fullname" .root -}}
+{{- if .id -}}
+{{- printf "%s-%s-%s" $base .component (include "vlf.dnsId" .id) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" $base .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vlf.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vlf.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .id }}
+vlf.io/id: {{ include "vlf.dnsId" .id }}
+{{- end }}
+{{- end -}}
+
+{{- define "vlf.labels" -}}
+{{ include "vlf.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: vlf
+{{- end -}}
+
+{{/* Labels shared by every object of the release, for objects that belong to no component. */}}
+{{- define "vlf.releaseLabels" -}}
+{{ include "vlf.labels" (dict "root" . "component" "common") }}
+{{- end -}}
+
+{{/*
+Images: (dict "image" .Values.common.image "root" $)
+*/}}
+{{- define "vlf.image" -}}
+{{- $tag := default .root.Chart.AppVersion .image.tag -}}
+{{- if .image.digest -}}
+{{- printf "%s/%s@%s" .image.registry .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s/%s:%s" .image.registry .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret names. */}}
+{{- define "vlf.kafkaSecretName" -}}
+{{- default (printf "%s-kafka" (include "vlf.fullname" .)) .Values.common.kafka.existingSecret -}}
+{{- end -}}
+
+{{- define "vlf.ledgerSecretName" -}}
+{{- default (printf "%s-ledger" (include "vlf.fullname" .)) .Values.common.ledger.existingSecret -}}
+{{- end -}}
+
+{{- define "vlf.apiKeysSecretName" -}}
+{{- printf "%s-api-keys" (include "vlf.fullname" .) -}}
+{{- end -}}
+
+{{/* Name of the env var holding an entry's API key: VLF_API_KEY_<ID>. */}}
+{{- define "vlf.apiKeyEnv" -}}
+{{- printf "VLF_API_KEY_%s" (regexReplaceAll "[^A-Z0-9]" (upper .) "_") -}}
+{{- end -}}
+
+{{/* True (non-empty) when the entry has an API key. */}}
+{{- define "vlf.hasApiKey" -}}
+{{- $key := .apiKey | default dict -}}
+{{- if or $key.value $key.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Env var of an entry's API key, read from its Secret. */}}
+{{- define "vlf.apiKeyEnvVar" -}}
+{{- $key := .entry.apiKey | default dict -}}
+{{- if include "vlf.hasApiKey" .entry }}
+- name: {{ include "vlf.apiKeyEnv" .entry.id }}
+  valueFrom:
+    secretKeyRef:
+      {{- if $key.existingSecret }}
+      name: {{ $key.existingSecret }}
+      key: {{ default "api-key" $key.existingSecretKey }}
+      {{- else }}
+      name: {{ include "vlf.apiKeysSecretName" .root }}
+      key: {{ include "vlf.apiKeyEnv" .entry.id }}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Service URL of a sampler's vLLM server. */}}
+{{- define "vlf.vllmBaseUrl" -}}
+{{- printf "http://%s:%v/v1" (include "vlf.componentName" (dict "root" .root "component" "vllm" "id" .entry.id)) .root.Values.vllm.port -}}
+{{- end -}}
+
+{{/*
+The model + judge registry read by every service (VLF_REGISTRY_PATH).
+*/}}
+{{- define "vlf.registry" -}}
+{{- $root := . -}}
+models:
+{{- range .Values.samplers }}
+  - id: {{ .id | quote }}
+    backend: {{ .backend | quote }}
+    model: {{ .model | quote }}
+    {{- if and .vllm .vllm.enabled }}
+    base_url: {{ include "vlf.vllmBaseUrl" (dict "root" $root "entry" .) | quote }}
+    {{- else if .baseUrl }}
+    base_url: {{ .baseUrl | quote }}
+    {{- end }}
+    {{- with .sampling }}
+    sampling:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    samples_per_instruction: {{ default 1 .samplesPerInstruction }}
+    {{- if .systemPrompt }}
+    system_prompt: {{ .systemPrompt | quote }}
+    {{- end }}
+    concurrency: {{ default 4 .concurrency }}
+    {{- if include "vlf.hasApiKey" . }}
+    api_key_env: {{ include "vlf.apiKeyEnv" .id }}
+    {{- end }}
+    price_per_1k_input: {{ default 0 .pricePer1kInput }}
+    price_per_1k_output: {{ default 0 .pricePer1kOutput }}
+{{- else }} []
+{{- end }}
+judges:
+{{- range .Values.judges }}
+  - id: {{ .id | quote }}
+    {{- if eq (default "llm" .kind) "verifiable" }}
+    kind: verifiable
+    {{- else }}
+    backend: {{ .backend | quote }}
+    model: {{ .model | quote }}
+    {{- if .baseUrl }}
+    base_url: {{ .baseUrl | quote }}
+    {{- end }}
+    mode: {{ default "all_in_one" .mode }}
+    structured_output: {{ .structuredOutput | default false }}
+    {{- if include "vlf.hasApiKey" . }}
+    api_key_env: {{ include "vlf.apiKeyEnv" .id }}
+    {{- end }}
+    price_per_1k_input: {{ default 0 .pricePer1kInput }}
+    price_per_1k_output: {{ default 0 .pricePer1kOutput }}
+    {{- end }}
+{{- else }} []
+{{- end }}
+{{- end -}}
+
+{{/*
+Environment common to every service container.
+*/}}
+{{- define "vlf.commonEnv" -}}
+{{- $c := .Values.common -}}
+- name: VLF_HTTP_PORT
+  value: {{ $c.httpPort | quote }}
+- name: VLF_LOG_JSON
+  value: {{ $c.logJson | quote }}
+- name: VLF_KAFKA_BOOTSTRAP_SERVERS
+  value: {{ $c.kafka.bootstrapServers | quote }}
+- name: VLF_KAFKA_SECURITY_PROTOCOL
+  value: {{ $c.kafka.securityProtocol | quote }}
+{{- if hasPrefix "SASL" $c.kafka.securityProtocol }}
+- name: VLF_KAFKA_SASL_MECHANISM
+  value: {{ $c.kafka.saslMechanism | quote }}
+- name: VLF_KAFKA_SASL_USERNAME
+  value: {{ $c.kafka.saslUsername | quote }}
+- name: VLF_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "vlf.kafkaSecretName" . }}
+      key: {{ $c.kafka.existingSecretPasswordKey }}
+{{- end }}
+{{- if $c.kafka.caSecret }}
+- name: VLF_KAFKA_SSL_CAFILE
+  value: /etc/vlf/kafka-ca/{{ $c.kafka.caSecretKey }}
+{{- end }}
+- name: VLF_LEDGER_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "vlf.ledgerSecretName" . }}
+      key: {{ $c.ledger.existingSecretKey }}
+- name: VLF_BLOB_URL
+  value: {{ $c.blob.url | quote }}
+- name: VLF_REGISTRY_PATH
+  value: /etc/vlf/registry/registry.yaml
+- name: HOME
+  value: /tmp
+{{- with $c.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* envFrom of every service container. */}}
+{{- define "vlf.commonEnvFrom" -}}
+{{- with .Values.common.blob.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of every service pod (the mounts are in vlf.commonVolumeMounts). */}}
+{{- define "vlf.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.common.tmpSizeLimit }}
+- name: registry
+  configMap:
+    name: {{ include "vlf.fullname" . }}-registry
+{{- if .Values.common.kafka.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.common.kafka.caSecret }}
+{{- end }}
+{{- end -}}
+
+{{- define "vlf.commonVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: registry
+  mountPath: /etc/vlf/registry
+  readOnly: true
+{{- if .Values.common.kafka.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/vlf/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "vlf.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  initialDelaySeconds: 10
+  periodSeconds: 15
+  timeoutSeconds: 5
+  failureThreshold: 4
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http
+  initialDelaySeconds: 5
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
+{{/* Resources with nvidia.com/gpu added when gpus > 0: (dict "resources" ... "gpus" n) */}}
+{{- define "vlf.resources" -}}
+{{- $res := deepCopy (.resources | default dict) -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $_ := set $res "requests" (merge (dict "nvidia.com/gpu" (int .gpus)) ($res.requests | default dict)) -}}
+{{- $_ := set $res "limits" (merge (dict "nvidia.com/gpu" (int .gpus)) ($res.limits | default dict)) -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{/*
+Scheduling of a pod: the GPU node pool when gpus > 0, then the entry's own settings, and a
+preferred spread over nodes for a Deployment's replicas unless the entry sets podAntiAffinity.
+(dict "root" $ "spec" <values with nodeSelector/tolerations/affinity> "gpus" n "selector" <ctx of vlf.selectorLabels, or nil>)
+*/}}
+{{- define "vlf.scheduling" -}}
+{{- $pool := .root.Values.common.gpuNodePool -}}
+{{- $gpu := gt (int .gpus) 0 -}}
+{{- $nodeSelector := .spec.nodeSelector | default dict -}}
+{{- $tolerations := .spec.tolerations | default list -}}
+{{- $affinity := .spec.affinity | default dict -}}
+{{- if $gpu -}}
+{{- $nodeSelector = merge (deepCopy $nodeSelector) ($pool.nodeSelector | default dict) -}}
+{{- $tolerations = concat ($pool.tolerations | default list) $tolerations -}}
+{{- $affinity = merge (deepCopy $affinity) ($pool.affinity | default dict) -}}
+{{- end -}}
+{{- if and .selector (not $affinity.podAntiAffinity) -}}
+{{- /* Spread replicas over nodes when possible, so one node loss leaves the consumer running. */}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "vlf.selectorLabels" .selector | fromYaml)) -}}
+{{- $spread := dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term)) -}}
+{{- $affinity = merge (deepCopy $affinity) (dict "podAntiAffinity" $spread) -}}
+{{- end -}}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A service Deployment. Arguments (dict):
+  root       the chart context ($)
+  component  sampler | annotator | pair-builder | trainer | evaluator
+  id         registry id for samplers and judges, "" otherwise
+  module     python module run with `python -m`
+  spec       the component's values (replicaCount, resources, nodeSelector, tolerations, affinity, extraEnv)
+  gpus       GPUs of the pod (the CUDA image and the GPU pool when > 0)
+  env        extra env entries (YAML list as a string)
+  keda       true when a ScaledObject owns the replica count
+  serviceAccount  name of the ServiceAccount ("" for none)
+  extraVolumes, extraVolumeMounts  YAML lists as strings
+*/}}
+{{- define "vlf.deployment" -}}
+{{- $root := .root -}}
+{{- $c := $root.Values.common -}}
+{{- $name := include "vlf.componentName" . -}}
+{{- $gpus := int (default 0 .gpus) -}}
+{{- $image := ternary $c.gpuImage $c.image (gt $gpus 0) -}}
+{{- $ctx := dict "root" $root "component" .component "id" .id }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "vlf.labels" $ctx | nindent 4 }}
+spec:
+  {{- if not .keda }}
+  replicas: {{ .spec.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: 3
+  selector:
+    matchLabels:
+      {{- include "vlf.selectorLabels" $ctx | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "vlf.labels" $ctx | nindent 8 }}
+      annotations:
+        checksum/registry: {{ include "vlf.registry" $root | sha256sum }}
+    spec:
+      {{- if .serviceAccount }}
+      serviceAccountName: {{ .serviceAccount }}
+      automountServiceAccountToken: true
+      {{- else }}
+      automountServiceAccountToken: false
+      {{- end }}
+      {{- with $c.imagePullSecrets }}
+      imagePullSecrets:
+        {{- range . }}
+        - name: {{ . }}
+        {{- end }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $c.podSecurityContext | nindent 8 }}
+      {{- with include "vlf.scheduling" (dict "root" $root "spec" .spec "gpus" $gpus "selector" $ctx) }}
+      {{- . | nindent 6 }}
+      {{- end }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "vlf.image" (dict "image" $image "root" $root) }}
+          imagePullPolicy: {{ $image.pullPolicy }}
+          command: ["python", "-m", {{ .module | quote }}]
+          ports:
+            - name: http
+              containerPort: {{ $c.httpPort }}
+              protocol: TCP
+          env:
+            {{- include "vlf.commonEnv" $root | nindent 12 }}
+            {{- with .env }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with .spec.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- with include "vlf.commonEnvFrom" $root }}
+          {{- . | nindent 10 }}
+          {{- end }}
+          {{- include "vlf.probes" . | nindent 10 }}
+          resources:
+            {{- include "vlf.resources" (dict "resources" .spec.resources "gpus" $gpus) | nindent 12 }}
+          securityContext:
+            {{- toYaml $c.containerSecurityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "vlf.commonVolumeMounts" $root | nindent 12 }}
+            {{- with .extraVolumeMounts }}
+            {{- . | nindent 12 }}
+            {{- end }}
+      volumes:
+        {{- include "vlf.commonVolumes" $root | nindent 8 }}
+        {{- with .extraVolumes }}
+        {{- . | nindent 8 }}
+        {{- end }}
+{{- end -}}
+
+{{/* The Service in front of a component's HTTP port (probes, /metrics, /info). */}}
+{{- define "vlf.service" -}}
+{{- $ctx := dict "root" .root "component" .component "id" .id }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "vlf.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "vlf.labels" $ctx | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "vlf.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ .root.Values.common.httpPort }}
+      targetPort: http
+      protocol: TCP
+{{- end -}}
+
+{{/* A PodDisruptionBudget for a component. */}}
+{{- define "vlf.pdb" -}}
+{{- if .root.Values.common.pdb.enabled }}
+{{- $ctx := dict "root" .root "component" .component "id" .id }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "vlf.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "vlf.labels" $ctx | nindent 4 }}
+spec:
+  maxUnavailable: {{ .root.Values.common.pdb.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "vlf.selectorLabels" $ctx | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* A ServiceMonitor scraping every Service of one component kind. */}}
+{{- define "vlf.serviceMonitor" -}}
+{{- $sm := .root.Values.common.serviceMonitor -}}
+{{- if $sm.enabled }}
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: {{ include "vlf.componentName" (dict "root" .root "component" .component) }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "vlf.labels" (dict "root" .root "component" .component) | nindent 4 }}
+    {{- with $sm.labels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  jobLabel: app.kubernetes.io/component
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: {{ include "vlf.name" .root }}
+      app.kubernetes.io/instance: {{ .root.Release.Name }}
+      app.kubernetes.io/component: {{ .component }}
+  endpoints:
+    - port: {{ default "http" .port }}
+      path: /metrics
+      interval: {{ $sm.interval }}
+{{- end }}
+{{- end -}}
+
+{{/* A KEDA ScaledObject scaling a sampler or annotator on its consumer group's lag. */}}
+{{- define "vlf.scaledObject" -}}
+{{- $root := .root -}}
+{{- $k := merge (deepCopy (.entry.keda | default dict)) (omit $root.Values.keda "enabled") -}}
+{{- $kafka := $root.Values.common.kafka -}}
+{{- $name := include "vlf.componentName" . -}}
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ $name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "vlf.labels" (dict "root" $root "component" .component "id" .id) | nindent 4 }}
+spec:
+  scaleTargetRef:
+    name: {{ $name }}
+  minReplicaCount: {{ $k.minReplicaCount }}
+  maxReplicaCount: {{ $k.maxReplicaCount }}
+  pollingInterval: {{ $k.pollingInterval }}
+  cooldownPeriod: {{ $k.cooldownPeriod }}
+  triggers:
+    - type: kafka
+      metadata:
+        bootstrapServers: {{ $kafka.bootstrapServers | quote }}
+        consumerGroup: {{ .group | quote }}
+        topic: {{ .topic | quote }}
+        lagThreshold: {{ $k.lagThreshold | quote }}
+        offsetResetPolicy: earliest
+        {{- if hasPrefix "SASL" $kafka.securityProtocol }}
+        {{- /* KEDA names mechanisms plaintext, scram_sha256, scram_sha512. */}}
+        sasl: {{ ternary "plaintext" ($kafka.saslMechanism | lower | replace "-" "_" | replace "sha_" "sha") (eq $kafka.saslMechanism "PLAIN") | quote }}
+        {{- end }}
+        {{- if hasSuffix "SSL" $kafka.securityProtocol }}
+        tls: enable
+        {{- end }}
+      {{- if or (hasPrefix "SASL" $kafka.securityProtocol) $kafka.caSecret }}
+      authenticationRef:
+        name: {{ include "vlf.fullname" $root }}-kafka
+      {{- end }}
+{{- end -}}
+
+{{/*
+Every bad value, reported at once.
+*/}}
+{{- define "vlf.validateValues" -}}
+{{- $errors := list -}}
+{{- $c := .Values.common -}}
+{{- if not $c.kafka.bootstrapServers -}}
+{{- $errors = append $errors "common.kafka.bootstrapServers: required (the Kafka bootstrap servers)" -}}
+{{- end -}}
+{{- if and (hasPrefix "SASL" $c.kafka.securityProtocol) (not $c.kafka.saslMechanism) -}}
+{{- $errors = append $errors (printf "common.kafka.saslMechanism: required with securityProtocol %s" $c.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if and (hasPrefix "SASL" $c.kafka.securityProtocol) (not $c.kafka.saslPassword) (not $c.kafka.existingSecret) -}}
+{{- $errors = append $errors "common.kafka: SASL needs saslPassword or existingSecret" -}}
+{{- end -}}
+{{- if and (not $c.ledger.url) (not $c.ledger.existingSecret) -}}
+{{- $errors = append $errors "common.ledger: set url or existingSecret (the ledger's SQLAlchemy URL)" -}}
+{{- end -}}
+{{- if not $c.blob.url -}}
+{{- $errors = append $errors "common.blob.url: required (e.g. s3://bucket/vlf)" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $i, $s := .Values.samplers -}}
+{{- $where := printf "samplers[%d]" $i -}}
+{{- if not $s.id -}}
+{{- $errors = append $errors (printf "%s.id: required" $where) -}}
+{{- else -}}
+{{- $where = printf "samplers[%d] (%s)" $i $s.id -}}
+{{- $dns := include "vlf.dnsId" $s.id -}}
+{{- if hasKey $seen $dns -}}
+{{- $errors = append $errors (printf "%s: duplicate sampler id (same name as %s)" $where (get $seen $dns)) -}}
+{{- else -}}
+{{- $_ := set $seen $dns $s.id -}}
+{{- end -}}
+{{- end -}}
+{{- if not (has $s.backend (list "openai" "transformers" "vllm")) -}}
+{{- $errors = append $errors (printf "%s.backend: %v is not one of openai, transformers, vllm" $where $s.backend) -}}
+{{- end -}}
+{{- if not $s.model -}}
+{{- $errors = append $errors (printf "%s.model: required" $where) -}}
+{{- end -}}
+{{- $vllmOn := and $s.vllm $s.vllm.enabled -}}
+{{- if and (eq (toString $s.backend) "openai") (not $s.baseUrl) (not $vllmOn) -}}
+{{- $errors = append $errors (printf "%s: an openai backend needs baseUrl or vllm.enabled" $where) -}}
+{{- end -}}
+{{- if $vllmOn -}}
+{{- if ne (toString $s.backend) "openai" -}}
+{{- $errors = append $errors (printf "%s: vllm.enabled serves the model over HTTP, so backend must be openai" $where) -}}
+{{- end -}}
+{{- if or (not $.Values.vllm.image.repository) (not $.Values.vllm.image.tag) -}}
+{{- $errors = append $errors (printf "%s: vllm.enabled needs vllm.image.repository and vllm.image.tag" $where) -}}
+{{- end -}}
+{{- if lt (int (default 0 $s.vllm.gpus)) 1 -}}
+{{- $errors = append $errors (printf "%s.vllm.gpus: a vLLM server needs at least 1 GPU" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (gt (int (default 0 $s.gpus)) 0) (eq (toString $s.backend) "openai") -}}
+{{- $errors = append $errors (printf "%s.gpus: an openai backend runs no model in the sampler pod; give the GPUs to vllm.gpus" $where) -}}
+{{- end -}}
+{{- if and $s.apiKey $s.apiKey.value $s.apiKey.existingSecret -}}
+{{- $errors = append $errors (printf "%s.apiKey: set value or existingSecret, not both" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- $seenJudges := dict -}}
+{{- range $i, $j := .Values.judges -}}
+{{- $where := printf "judges[%d]" $i -}}
+{{- if not $j.id -}}
+{{- $errors = append $errors (printf "%s.id: required" $where) -}}
+{{- else -}}
+{{- $where = printf "judges[%d] (%s)" $i $j.id -}}
+{{- $dns := include "vlf.dnsId" $j.id -}}
+{{- if hasKey $seenJudges $dns -}}
+{{- $errors = append $errors (printf "%s: duplicate judge id (same name as %s)" $where (get $seenJudges $dns)) -}}
+{{- else -}}
+{{- $_ := set $seenJudges $dns $j.id -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (default "llm" $j.kind) "verifiable" -}}
+{{- if not (has $j.backend (list "openai" "transformers" "vllm")) -}}
+{{- $errors = append $errors (printf "%s.backend: %v is not one of openai, transformers, vllm" $where $j.backend) -}}
+{{- end -}}
+{{- if not $j.model -}}
+{{- $errors = append $errors (printf "%s.model: required" $where) -}}
+{{- end -}}
+{{- if eq (toString $j.backend) "openai" -}}
+{{- if not $j.baseUrl -}}
+{{- $errors = append $errors (printf "%s.baseUrl: required for an openai backend" $where) -}}
+{{- end -}}
+{{- if not (include "vlf.hasApiKey" $j) -}}
+{{- $errors = append $errors (printf "%s.apiKey: set value or existingSecret (the judge's API key)" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $j.apiKey $j.apiKey.value $j.apiKey.existingSecret -}}
+{{- $errors = append $errors (printf "%s.apiKey: set value or existingSecret, not both" $where) -}}
+{{- end -}}
+{{- end -}}
+{{- if lt (int .Values.trainer.job.gpus) 0 -}}
+{{- $errors = append $errors "trainer.job.gpus: must be 0 (CPU) or more" -}}
+{{- end -}}
+{{- if $errors -}}
+{{- fail (printf "\n\nVALUES VALIDATION:\n  - %s" (join "\n  - " $errors)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when any sampler runs a vLLM server. */}}
+{{- define "vlf.anyVllm" -}}
+{{- range .Values.samplers -}}
+{{- if and .vllm .vllm.enabled -}}true{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,20 @@
+"""Errors of the annotator's judge logic.
+
+``RatingParseError`` is permanent for the message at hand (the same reply never parses), but its
+text is written to be quoted back to the judge in a repair prompt, so it names the answer, the
+aspect and what was found.
+"""
+
+from shared.errors import PermanentError, VlfError
+
+
+class RatingParseError(PermanentError):
+    """A judge reply does not hold exactly one valid 1-5 rating per answer and aspect."""
+
+
+class PromptTemplateError(VlfError):
+    """A user-supplied prompt template cannot be used (unknown placeholder, missing value).
+
+    Raised while loading settings or rendering, so it is a configuration bug: the process should
+    stop loudly rather than dead-letter every message.
+    """

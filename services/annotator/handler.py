@@ -1,0 +1,312 @@
+"""All answers of an instruction -> one judge's ratings. Pure logic over the ledger and the backend.
+
+Gather rule: an instruction is rated once every assigned model has answered (models x samples), or,
+by the timer in ``sweep``, once ``gather_timeout_s`` passed since its newest answer with at least
+``min_answers`` answers (the missing models are recorded on the annotation). A rating set is
+immutable: an answer arriving after its instruction was rated is kept in the ledger but not rated
+(counted as ``late_answer``); a redelivered answer that was rated re-publishes the annotation.
+
+Paid calls: every judge reply is written to the ledger under a deterministic call id before it is
+parsed, and looked up before any call, so a crash and redelivery never pays twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from services.annotator.errors import RatingParseError
+from services.annotator.metrics import JudgeMetrics
+from services.annotator.ordering import (
+    average_ratings,
+    presentation_order,
+    reverse_order,
+    self_agreement,
+    unshuffle,
+)
+from services.annotator.parsing import AspectRating as ParsedAspect
+from services.annotator.parsing import ParsedRatings, parse_ratings
+from services.annotator.rubric import PromptTemplate as JudgeTemplate
+from services.annotator.rubric import (
+    ReplyFormat,
+    build_all_in_one_prompt,
+    build_per_aspect_prompt,
+    build_repair_prompt,
+    ratings_json_schema,
+)
+from services.annotator.settings import AnnotatorSettings
+from services.annotator.verifiable import SkipReason, rate_with_reference
+from shared.backends.base import Backend, ChatMessage, GenerationRequest, SamplingParams
+from shared.blobs.store import BlobStore
+from shared.contracts import events as ev
+from shared.contracts.events import Aspect
+from shared.contracts.ids import annotation_id
+from shared.ledger import Ledger
+from shared.registry import JudgeEntry, Registry, assigned_models
+
+ALL_ASPECTS: tuple[Aspect, ...] = tuple(Aspect)
+
+
+class StripedLocks:
+    """A fixed set of locks, one per key hash: lanes and the timer never rate one instruction at once."""
+
+    def __init__(self, stripes: int = 256) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._locks[zlib.crc32(key.encode()) % len(self._locks)]:
+            yield
+
+
+@dataclass(frozen=True)
+class AnnotatorContext:
+    judge: JudgeEntry
+    registry: Registry
+    backend: Backend | None  # None for the verifiable judge
+    ledger: Ledger
+    blobs: BlobStore
+    settings: AnnotatorSettings
+    metrics: JudgeMetrics
+    template: JudgeTemplate | None = None
+    locks: StripedLocks = field(default_factory=StripedLocks)
+
+
+@dataclass
+class _Usage:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += cost_usd
+
+
+def expected_answers(instruction: ev.Instruction, registry: Registry) -> int:
+    models = assigned_models(instruction.models, registry, instruction.instruction_id)
+    return len(models) * instruction.samples_per_model
+
+
+def handle_response(event: ev.Response, ctx: AnnotatorContext) -> list[ev.Annotation]:
+    inst = event.instruction
+    ctx.ledger.record(inst, event)
+    with ctx.locks.hold(inst.instruction_id):
+        existing = _existing_annotation(inst.instruction_id, ctx)
+        if existing is not None:
+            if event.response_id in {r.response_id for r in existing.rated}:
+                return [existing]  # redelivery after a crash before the publish
+            ctx.metrics.skipped.labels(ctx.judge.id, "late_answer").inc()
+            return []
+        responses = ctx.ledger.responses_for(inst.instruction_id)
+        if len(responses) < expected_answers(inst, ctx.registry):
+            return []
+        annotation = rate(inst, responses, ctx)
+    return [annotation] if annotation else []
+
+
+def sweep(
+    ctx: AnnotatorContext, owns: Callable[[str], bool], now: datetime | None = None
+) -> list[ev.Annotation]:
+    """Rate instructions whose missing answers did not come within the gather timeout."""
+    now = now or datetime.now(UTC)
+    settled_before = now - timedelta(seconds=ctx.settings.gather_timeout_s)
+    annotations = []
+    for instruction_id in ctx.ledger.unrated_instructions(ctx.judge.id, settled_before):
+        if not owns(instruction_id):
+            continue
+        with ctx.locks.hold(instruction_id):
+            if _existing_annotation(instruction_id, ctx) is not None:
+                continue
+            responses = ctx.ledger.responses_for(instruction_id)
+            if len(responses) < ctx.settings.min_answers:
+                continue
+            annotation = rate(responses[0].instruction, responses, ctx)
+        if annotation:
+            annotations.append(annotation)
+    return annotations
+
+
+def _existing_annotation(instruction_id: str, ctx: AnnotatorContext) -> ev.Annotation | None:
+    return next((a for a in ctx.ledger.annotations_for(instruction_id) if a.judge_id == ctx.judge.id), None)
+
+
+def rate(inst: ev.Instruction, responses: list[ev.Response], ctx: AnnotatorContext) -> ev.Annotation | None:
+    """Rate every answer (in response-id order) and record the annotation; None when skipped."""
+    responses = sorted(responses, key=lambda r: r.response_id)
+    usage = _Usage()
+    self_agree = None
+    if ctx.judge.kind == "verifiable":
+        rated = rate_with_reference([r.text for r in responses], inst.reference or "")
+        if isinstance(rated, SkipReason):
+            ctx.metrics.skipped.labels(ctx.judge.id, "no_usable_reference").inc()
+            return None
+        ratings = [{a: _contract_rating(r.rating, r.rationale) for a, r in per.items()} for per in rated]
+        positions = list(range(len(responses)))
+        mode = "verifiable"
+    else:
+        order = presentation_order(inst.instruction_id, [r.response_id for r in responses])
+        first = unshuffle(_judge_pass(inst, [responses[i] for i in order], ctx, "pass1", usage), order)
+        positions = [order.index(i) for i in range(len(responses))]
+        ratings = [
+            {a: _contract_rating(r.rating, r.rationale) for a, r in per.items()} for per in first.answers
+        ]
+        if ctx.judge.swap:
+            back = reverse_order(order)
+            second = unshuffle(_judge_pass(inst, [responses[i] for i in back], ctx, "swap", usage), back)
+            self_agree = self_agreement(first, second)
+            means = average_ratings(first, second)
+            ratings = [
+                {a: _contract_rating(means[i][a], f"{first.answers[i][a].rationale}") for a in means[i]}
+                for i in range(len(responses))
+            ]
+        mode = ctx.judge.mode
+    assigned = assigned_models(inst.models, ctx.registry, inst.instruction_id)
+    answered = {r.model_id for r in responses}
+    annotation = ev.Annotation(
+        annotation_id=annotation_id(
+            inst.instruction_id, ctx.judge.id, mode, [r.response_id for r in responses]
+        ),
+        instruction=inst,
+        judge_id=ctx.judge.id,
+        mode=mode,
+        rated=[
+            ev.RatedResponse(
+                response_id=r.response_id,
+                model_id=r.model_id,
+                text=r.text,
+                shown_position=positions[i],
+                ratings=ratings[i],
+            )
+            for i, r in enumerate(responses)
+        ],
+        missing_model_ids=sorted(set(assigned) - answered),
+        self_agreement=self_agree,
+        usage=ev.JudgeUsage(
+            calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd,
+        ),
+    )
+    ctx.ledger.record(annotation)
+    return annotation
+
+
+def _contract_rating(value: float, rationale: str) -> ev.AspectRating:
+    raw = str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return ev.AspectRating(rating=value, raw=raw, rationale=rationale)
+
+
+def _judge_pass(
+    inst: ev.Instruction, shown: Sequence[ev.Response], ctx: AnnotatorContext, tag: str, usage: _Usage
+) -> ParsedRatings:
+    """One rating of ``shown`` (in that order): one call (all_in_one) or one per aspect."""
+    images = [ctx.blobs.get(uri) for uri in inst.image_uris]
+    groups = [ALL_ASPECTS] if ctx.judge.mode == "all_in_one" else [(a,) for a in ALL_ASPECTS]
+    reply_format = ReplyFormat.JSON if ctx.judge.structured_output else ReplyFormat.MARKDOWN
+    merged: list[dict[Aspect, ParsedAspect]] = [{} for _ in shown]
+    answers = [r.text for r in shown]
+    for aspects in groups:
+        purpose = f"{tag}:{ctx.judge.mode}:{'+'.join(a.value for a in aspects)}"
+        prompt = _prompt(inst, answers, aspects, reply_format, ctx)
+        request = _request([ChatMessage(role="user", text=prompt)], images, len(shown), aspects, ctx)
+        reply = _paid_call(inst.instruction_id, purpose, request, ctx, usage)
+        try:
+            parsed = parse_ratings(reply, len(shown), aspects, reply_format)
+        except RatingParseError as exc:
+            ctx.metrics.parse_failures.labels(ctx.judge.id).inc()
+            repair = build_repair_prompt(reply, str(exc), len(shown), aspects, reply_format)
+            messages = [
+                ChatMessage(role="user", text=prompt),
+                ChatMessage(role="assistant", text=reply),
+                ChatMessage(role="user", text=repair),
+            ]
+            repaired = _paid_call(
+                inst.instruction_id,
+                purpose + ":repair",
+                _request(messages, images, len(shown), aspects, ctx),
+                ctx,
+                usage,
+            )
+            parsed = parse_ratings(repaired, len(shown), aspects, reply_format)  # a second failure: DLQ
+            ctx.metrics.repairs.labels(ctx.judge.id).inc()
+        for i, per in enumerate(parsed.answers):
+            merged[i].update(per)
+    return ParsedRatings(answers=tuple(merged))
+
+
+def _prompt(
+    inst: ev.Instruction,
+    answers: list[str],
+    aspects: Sequence[Aspect],
+    reply_format: ReplyFormat,
+    ctx: AnnotatorContext,
+) -> str:
+    aspect = aspects[0] if len(aspects) == 1 else None
+    if ctx.template is not None:
+        return ctx.template.render(inst.prompt, answers, inst.reference, aspect)
+    if aspect is not None:
+        return build_per_aspect_prompt(aspect, inst.prompt, answers, inst.reference, reply_format)
+    return build_all_in_one_prompt(inst.prompt, answers, inst.reference, reply_format)
+
+
+def _request(
+    messages: list[ChatMessage],
+    images: list[bytes],
+    n_answers: int,
+    aspects: Sequence[Aspect],
+    ctx: AnnotatorContext,
+) -> GenerationRequest:
+    schema = (
+        {"type": "json_schema", "json_schema": ratings_json_schema(n_answers, aspects)}
+        if ctx.judge.structured_output
+        else None
+    )
+    return GenerationRequest(
+        messages=messages,
+        images=images,
+        params=SamplingParams(temperature=0.0, max_tokens=ctx.judge.max_tokens),
+        response_format=schema,
+    )
+
+
+def _paid_call(
+    instruction_id: str, purpose: str, request: GenerationRequest, ctx: AnnotatorContext, usage: _Usage
+) -> str:
+    call_id = Ledger.judge_call_id(instruction_id, ctx.judge.id, purpose)
+    kept = ctx.ledger.judge_reply(call_id)
+    if kept is not None:
+        ctx.metrics.reused.labels(ctx.judge.id).inc()
+        usage.add(kept.prompt_tokens, kept.completion_tokens, kept.cost_usd)
+        return kept.raw_reply
+    assert ctx.backend is not None, "an AI judge needs a backend"
+    started = time.monotonic()
+    [result] = ctx.backend.generate([request])
+    cost = ctx.judge.cost_usd(result.prompt_tokens, result.completion_tokens)
+    ctx.ledger.save_judge_reply(
+        call_id,
+        instruction_id=instruction_id,
+        judge_id=ctx.judge.id,
+        purpose=purpose,
+        raw_reply=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        cost_usd=cost,
+    )
+    m = ctx.metrics
+    m.calls.labels(ctx.judge.id, purpose.split(":")[0]).inc()
+    m.latency.labels(ctx.judge.id).observe(time.monotonic() - started)
+    m.tokens.labels(ctx.judge.id, "in").inc(result.prompt_tokens)
+    m.tokens.labels(ctx.judge.id, "out").inc(result.completion_tokens)
+    m.spend.labels(ctx.judge.id).inc(cost)
+    usage.add(result.prompt_tokens, result.completion_tokens, cost)
+    return result.text

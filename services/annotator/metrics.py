@@ -1,0 +1,30 @@
+"""Judge metrics, per judge, on the service's registry."""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class JudgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "vlf_judge_calls", "Paid judge calls, by purpose.", ["judge", "purpose"], registry=registry
+        )
+        self.reused = Counter(
+            "vlf_judge_replies_reused",
+            "Judge replies found in the ledger (not paid again).",
+            ["judge"],
+            registry=registry,
+        )
+        self.tokens = Counter("vlf_judge_tokens", "Judge tokens.", ["judge", "direction"], registry=registry)
+        self.spend = Counter("vlf_judge_spend_usd", "Judge spend in USD.", ["judge"], registry=registry)
+        self.parse_failures = Counter(
+            "vlf_judge_parse_failures", "Unreadable judge replies.", ["judge"], registry=registry
+        )
+        self.repairs = Counter(
+            "vlf_judge_repairs", "Repair requests that fixed a reply.", ["judge"], registry=registry
+        )
+        self.latency = Histogram(
+            "vlf_judge_latency_seconds", "Judge call latency.", ["judge"], registry=registry
+        )
+        self.skipped = Counter(
+            "vlf_judge_skipped", "Instructions not rated, by reason.", ["judge", "reason"], registry=registry
+        )

@@ -1,0 +1,19 @@
+"""Annotator settings (env prefix ``VLF_ANNOTATOR_``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import YamlOverlaySettings
+
+
+class AnnotatorSettings(YamlOverlaySettings):
+    model_config = SettingsConfigDict(env_prefix="VLF_ANNOTATOR_", extra="ignore")
+
+    judge_id: str = Field(
+        description="Registry judge this process serves; consumer group vlf-annotator.<id>."
+    )
+    gather_timeout_s: float = Field(
+        600.0, gt=0, description="Rate what arrived (at least min_answers) this long after the newest answer."
+    )
+    min_answers: int = Field(2, ge=1, description="Fewest answers worth rating after the timeout.")
+    sweep_interval_s: float = Field(10.0, gt=0, description="How often the gather timeout is checked.")

@@ -1,0 +1,51 @@
+"""Wiring: settings -> ledger, blobs, backend -> handler -> Kafka runtime. ``python -m services.sampler``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from services.sampler.handler import SamplerContext, handle_instruction
+from services.sampler.settings import SamplerSettings
+from shared.backends.build import build_backend
+from shared.blobs.images import ImagePolicy
+from shared.blobs.store import BlobStore
+from shared.contracts.topics import INSTRUCTIONS, RESPONSES
+from shared.ledger import Ledger
+from shared.registry import Registry
+from shared.runtime.kafka_runtime import ServiceDefinition
+from shared.runtime.service import serve
+from shared.settings import CommonSettings
+
+
+def main() -> None:
+    common = CommonSettings()
+    settings = SamplerSettings()
+    registry = Registry.load(common.registry_path)
+    model = registry.model(settings.model_id)
+    ledger = Ledger(common.ledger_url)
+    ledger.migrate()
+    backend = build_backend(model)
+    ctx = SamplerContext(
+        model=model,
+        registry=registry,
+        backend=backend,
+        ledger=ledger,
+        blobs=BlobStore(common.blob_url),
+        image_policy=ImagePolicy(max_pixels=settings.max_pixels),
+    )
+    definition = ServiceDefinition(
+        name="sampler",
+        group_id=f"vlf-sampler.{model.id}",
+        routes={INSTRUCTIONS.name: partial(handle_instruction, ctx=ctx)},
+        produces=(RESPONSES,),
+        ready_checks={"ledger": ledger.ping, "backend": backend.check},
+    )
+    try:
+        serve(definition, common, settings)
+    finally:
+        backend.close()
+        ledger.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Instruction -> this model's answers. Pure logic: the runtime owns Kafka, commits and the DLQ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from shared.blobs.images import ImagePolicy, validate_image
+from shared.blobs.store import BlobStore
+from shared.contracts import events as ev
+from shared.contracts.ids import response_id
+from shared.ledger import Ledger
+from shared.registry import ModelEntry, Registry, assigned_models
+
+
+@dataclass(frozen=True)
+class SamplerContext:
+    model: ModelEntry
+    registry: Registry
+    backend: Backend
+    ledger: Ledger
+    blobs: BlobStore
+    image_policy: ImagePolicy
+
+
+def sample_seed(model: ModelEntry, instruction_id: str, index: int) -> int:
+    """Per-sample seed: the entry's seed (or one derived from the instruction) plus the sample index,
+    so n samples of one prompt differ and a rerun reproduces them."""
+    base = model.sampling.seed if model.sampling.seed is not None else int(instruction_id[:8], 16) % 2**31
+    return base + index
+
+
+def build_requests(event: ev.Instruction, model: ModelEntry, images: list[bytes]) -> list[GenerationRequest]:
+    messages = [ChatMessage(role="system", text=model.system_prompt)] if model.system_prompt else []
+    messages.append(ChatMessage(role="user", text=event.prompt))
+    return [
+        GenerationRequest(
+            messages=messages,
+            images=images,
+            params=model.sampling.model_copy(update={"seed": sample_seed(model, event.instruction_id, i)}),
+        )
+        for i in range(event.samples_per_model)
+    ]
+
+
+def response_status(result: GenerationResult) -> str:
+    if result.finish_reason == "content_filter":
+        return "refused"
+    return "answered" if result.text.strip() else "empty"
+
+
+def to_response(
+    event: ev.Instruction, model_id: str, index: int, params: SamplingParams, result: GenerationResult
+) -> ev.Response:
+    sampling = params.model_dump()
+    return ev.Response(
+        response_id=response_id(event.instruction_id, model_id, sampling, index),
+        instruction=event,
+        model_id=model_id,
+        sample_index=index,
+        sampling=params,
+        text=result.text,
+        status=response_status(result),
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        latency_s=result.latency_s,
+    )
+
+
+def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Response]:
+    """Answer an instruction assigned to this model; answers already in the ledger are re-published
+    as they are (a redelivery after a crash never calls the model again)."""
+    if ctx.model.id not in assigned_models(event.models, ctx.registry, event.instruction_id):
+        return []
+    ctx.ledger.record(event)
+    done = [r for r in ctx.ledger.responses_for(event.instruction_id) if r.model_id == ctx.model.id]
+    if len(done) >= event.samples_per_model:
+        return sorted(done, key=lambda r: r.sample_index)[: event.samples_per_model]
+    images = [ctx.blobs.get(uri) for uri in event.image_uris]
+    for image in images:
+        validate_image(image, ctx.image_policy)
+    requests = build_requests(event, ctx.model, images)
+    results = ctx.backend.generate(requests)
+    responses = [
+        to_response(event, ctx.model.id, i, req.params, res)
+        for i, (req, res) in enumerate(zip(requests, results, strict=True))
+    ]
+    ctx.ledger.record(*responses)
+    return responses

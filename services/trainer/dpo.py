@@ -1,0 +1,329 @@
+"""The DPO core of the trainer service: preference pairs in, a LoRA adapter or a full model out.
+
+It runs TRL's ``DPOTrainer`` on TRL's conversational vision preference format, with the paper's
+recipe as defaults, resumes from the last checkpoint in the output folder, and reports progress
+through a callback (the service publishes it; this module knows nothing of Kafka or the ledger).
+
+Faster than plain TRL: the reference model is fixed, so its log-probs are computed once before
+training (no gradients, batched, cached on disk) and read from the dataset columns
+``ref_chosen_logps``/``ref_rejected_logps`` instead of a reference forward at every step. TRL
+refuses its own ``precompute_ref_log_probs`` for image data; ``PrecomputedRefDPOTrainer`` sets the
+flag its loss reads, keeps the two columns through column pruning and collates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+    TrainerCallback,
+)
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig, DPOTrainer
+
+from services.trainer.logps import completion_logps, fused_log_probs
+from services.trainer.preference_data import PairRecord, pairs_digest, preference_dataset
+from services.trainer.reference import REF_COLUMNS, PrecomputedRefDPOTrainer, VisionPreferenceWithRefCollator
+
+__all__ = [
+    "DpoJobConfig",
+    "PairRecord",
+    "PrecomputedRefDPOTrainer",
+    "ProgressUpdate",
+    "TrainOutcome",
+    "train",
+]
+
+# Where image-text-to-text models keep their vision encoder, under ``model.model``.
+VISION_TOWER_ATTRIBUTES = ("visual", "vision_tower", "vision_model")
+# The language model's linear layers, never the vision tower's (CLIP also has q_proj/k_proj/v_proj).
+LANGUAGE_MODEL_LINEAR_LAYERS = (
+    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+
+
+class DpoJobConfig(BaseModel):
+    """One DPO run. Defaults are the paper's (Silkie): LoRA r=64 alpha=16 dropout 0.05 on the language
+    model, vision tower frozen, beta 0.1, lr 1e-5 cosine with 10% warmup, weight decay 0.05, Adam beta2
+    0.98, 3 epochs, batch 2 x grad-accum 8 per device, bf16 on GPU, gradient checkpointing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # What is trained
+    base_model: str = Field(description="Local folder or hub id of an image-text-to-text model.")
+    use_lora: bool = Field(True, description="Train a LoRA adapter; False trains all non-vision weights.")
+    lora_r: int = Field(64, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    merge_adapter: bool = Field(False, description="Save the base model with the adapter merged in.")
+
+    # The objective
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], description="TRL loss names.")
+    loss_weights: list[float] | None = Field(None, description="One weight per loss_type entry.")
+    precompute_ref_logps: bool = Field(True, description="Reference log-probs once, before training.")
+    precompute_batch_size: int = Field(8, ge=1, description="Pairs per reference forward (no gradients).")
+
+    # The optimisation
+    learning_rate: float = Field(1e-5, gt=0.0)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    adam_beta2: float = Field(0.98, gt=0.0, lt=1.0)
+    num_train_epochs: float = Field(3.0, gt=0.0)
+    max_steps: int | None = Field(None, ge=1, description="Overrides num_train_epochs when set.")
+    per_device_train_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(8, ge=1)
+    max_length: int | None = Field(2048, ge=1, description="Tokens per sequence, image tokens included.")
+    bf16: bool | None = Field(None, description="None: bf16 exactly when a GPU is used.")
+    gradient_checkpointing: bool = True
+    seed: int = 42
+
+    # Checkpoints
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+
+
+class ProgressUpdate(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    reward_margin: float
+    reward_accuracy: float
+    pairs_per_s: float
+    eta_s: float
+
+
+ArtifactKind = Literal["adapter", "merged"]
+
+
+class TrainOutcome(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    artifact_dir: Path
+    kind: ArtifactKind
+    metrics: dict
+    steps: int
+
+
+ProgressCallback = Callable[[ProgressUpdate], None]
+
+
+class ProgressReporter(TrainerCallback):
+    """Turns the trainer's logs into ``ProgressUpdate``s; throughput counts only this run's steps."""
+
+    def __init__(self, on_progress: ProgressCallback, pairs_per_step: int) -> None:
+        self.on_progress = on_progress
+        self.pairs_per_step = pairs_per_step
+        self.started = 0.0
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        self.started = time.perf_counter()
+        self.first_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if not logs or "loss" not in logs:
+            return
+        elapsed = time.perf_counter() - self.started
+        steps_done = max(state.global_step - self.first_step, 1)
+        seconds_per_step = elapsed / steps_done
+        self.on_progress(
+            ProgressUpdate(
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=state.epoch or 0.0,
+                loss=logs["loss"],
+                reward_margin=logs.get("rewards/margins", 0.0),
+                reward_accuracy=logs.get("rewards/accuracies", 0.0),
+                pairs_per_s=self.pairs_per_step / seconds_per_step,
+                eta_s=(state.max_steps - state.global_step) * seconds_per_step,
+            )
+        )
+
+
+def use_bf16(config: DpoJobConfig) -> bool:
+    return torch.cuda.is_available() if config.bf16 is None else config.bf16
+
+
+def load_policy(config: DpoJobConfig) -> PreTrainedModel:
+    """bf16 weights under LoRA with bf16 (the frozen base only runs forward); else fp32 master weights."""
+    dtype = torch.bfloat16 if use_bf16(config) and config.use_lora else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(config.base_model, dtype=dtype)
+    freeze_vision_tower(model)
+    return model
+
+
+def freeze_vision_tower(model: PreTrainedModel) -> None:
+    """The paper keeps the vision encoder frozen; so do we, for LoRA and full fine-tuning alike."""
+    towers = [getattr(model.model, name) for name in VISION_TOWER_ATTRIBUTES if hasattr(model.model, name)]
+    if not towers:
+        raise ValueError(f"{type(model).__name__} has none of the vision towers {VISION_TOWER_ATTRIBUTES}")
+    for tower in towers:
+        tower.requires_grad_(False)
+
+
+def lora_config(config: DpoJobConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=LANGUAGE_MODEL_LINEAR_LAYERS,
+        task_type="CAUSAL_LM",
+    )
+
+
+def dpo_args(config: DpoJobConfig, output_dir: Path) -> DPOConfig:
+    return DPOConfig(
+        output_dir=str(output_dir),
+        beta=config.beta,
+        loss_type=list(config.loss_type),
+        loss_weights=config.loss_weights,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        bf16=use_bf16(config),
+        gradient_checkpointing=config.gradient_checkpointing,
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def reference_cache_file(config: DpoJobConfig, pairs: list[PairRecord], cache_dir: Path) -> Path:
+    """Keyed by (base model, data hash, max_length): what the reference log-probs depend on."""
+    key = json.dumps([config.base_model, pairs_digest(pairs), config.max_length, use_bf16(config)])
+    return cache_dir / f"ref_logps-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def with_reference_logps(
+    dataset: Dataset,
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    config: DpoJobConfig,
+    cache_file: Path,
+    device: torch.device,
+) -> Dataset:
+    """``dataset`` plus the reference columns, from ``cache_file`` or one no-grad pass over ``model``.
+
+    Runs before any adapter is attached, so ``model`` is the reference: the base model (what LoRA's
+    disabled adapters give) or the untouched full model. Every process of a multi-GPU run computes the
+    full pass on its own ``device`` (simple and correct; sharding it is a later optimisation).
+    """
+    if cache_file.exists():
+        cached = json.loads(cache_file.read_text())
+        chosen, rejected = cached["ref_chosen_logps"], cached["ref_rejected_logps"]
+    else:
+        model.to(device)
+        with fused_log_probs(model):
+            chosen, rejected = completion_logps(
+                model,
+                processor,
+                dataset,
+                batch_size=config.precompute_batch_size,
+                max_length=config.max_length,
+                autocast_dtype=torch.bfloat16 if use_bf16(config) else None,
+            )
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".partial-{os.getpid()}")
+        partial.write_text(json.dumps({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}))
+        partial.replace(cache_file)
+    return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+
+
+def build_trainer(
+    pairs: list[PairRecord],
+    config: DpoJobConfig,
+    args: DPOConfig,
+    *,
+    callbacks: list[TrainerCallback] | None = None,
+    cache_dir: Path | None = None,
+) -> DPOTrainer:
+    """The configured trainer, reference log-probs attached when ``precompute_ref_logps`` is on."""
+    processor = AutoProcessor.from_pretrained(config.base_model)
+    model = load_policy(config)
+    dataset = preference_dataset(pairs)
+    common = {
+        "model": model,
+        "args": args,
+        "processing_class": processor,
+        "peft_config": lora_config(config) if config.use_lora else None,
+        "callbacks": callbacks,
+    }
+    if not config.precompute_ref_logps:
+        return DPOTrainer(train_dataset=dataset, **common)
+    cache_file = reference_cache_file(config, pairs, cache_dir or Path(args.output_dir))
+    dataset = with_reference_logps(dataset, model, processor, config, cache_file, args.device)
+    collator = VisionPreferenceWithRefCollator(processor=processor, max_length=config.max_length)
+    return PrecomputedRefDPOTrainer(train_dataset=dataset, data_collator=collator, **common)
+
+
+def save_artifact(trainer: DPOTrainer, config: DpoJobConfig, artifact_dir: Path) -> ArtifactKind:
+    if config.use_lora and config.merge_adapter:
+        trainer.model.merge_and_unload().save_pretrained(artifact_dir)
+        kind: ArtifactKind = "merged"
+    else:
+        trainer.save_model(str(artifact_dir))
+        kind = "adapter" if config.use_lora else "merged"
+    trainer.processing_class.save_pretrained(artifact_dir)
+    return kind
+
+
+def train(
+    pairs: list[PairRecord],
+    config: DpoJobConfig,
+    output_dir: Path,
+    on_progress: ProgressCallback | None = None,
+    *,
+    cache_dir: Path | None = None,
+) -> TrainOutcome:
+    """Train (resuming from the last ``checkpoint-*`` in ``output_dir``) and save to ``output_dir/final``.
+
+    ``cache_dir`` holds the reference log-prob cache (default ``output_dir``): a rerun on the same base
+    model and data skips the reference pass.
+    """
+    output_dir = Path(output_dir)
+    args = dpo_args(config, output_dir)
+    pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    callbacks = [ProgressReporter(on_progress, pairs_per_step)] if on_progress else None
+    trainer = build_trainer(pairs, config, args, callbacks=callbacks, cache_dir=cache_dir)
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    artifact_dir = output_dir / "final"
+    kind = save_artifact(trainer, config, artifact_dir)
+    reward_metrics = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
+    return TrainOutcome(
+        artifact_dir=artifact_dir,
+        kind=kind,
+        metrics={**reward_metrics, **result.metrics},
+        steps=trainer.state.global_step,
+    )

@@ -1,0 +1,29 @@
+"""Build the backend a registry entry asks for. Heavy backends are imported only when used."""
+
+from __future__ import annotations
+
+from shared.backends.base import Backend
+from shared.registry import JudgeEntry, ModelEntry
+
+
+def build_backend(entry: ModelEntry | JudgeEntry) -> Backend:
+    match entry.backend:
+        case "openai":
+            from shared.backends.openai_http import OpenAIHttpBackend, resolve_api_key
+
+            return OpenAIHttpBackend(
+                model=entry.model,
+                base_url=entry.base_url,
+                api_key=resolve_api_key(entry.api_key_env, entry.api_key_file),
+                concurrency=entry.concurrency,
+                timeout_s=entry.timeout_s,
+            )
+        case "transformers":
+            from shared.backends.transformers_local import TransformersBackend
+
+            return TransformersBackend(entry.model, max_batch_size=entry.concurrency)
+        case "vllm":
+            from shared.backends.vllm_local import VllmBackend
+
+            return VllmBackend(entry.model, max_batch_size=entry.concurrency)
+    raise ValueError(f"unknown backend {entry.backend!r}")

@@ -1,0 +1,452 @@
+"""Backend for any OpenAI-compatible chat API (vLLM, SGLang, OpenAI, the project's test server).
+
+``generate`` is synchronous because the Kafka runtime calls it from worker threads; the HTTP work
+runs on one asyncio loop per backend, in a background thread, so every caller thread shares one
+connection pool and one concurrency limit. Retries are ours alone (the openai client's are off),
+so 429/5xx/timeouts are counted, logged and paced in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Coroutine
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx2
+import openai
+import uvloop
+from openai import AsyncOpenAI
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from shared.backends.base import GenerationRequest, GenerationResult
+from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Sent when no key is configured: vLLM and SGLang without --api-key accept any bearer token, and the
+# openai client refuses to start without one.
+NO_API_KEY = "EMPTY"
+CHECK_TIMEOUT_S = 5.0
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_CONTEXT_LENGTH_PATTERN = re.compile(
+    r"context length|context_length|maximum context|too many tokens|maximum model length", re.IGNORECASE
+)
+
+
+# --- API key -------------------------------------------------------------------------------------
+
+
+def resolve_api_key(env_var: str | None, file_path: str | None) -> SecretStr | None:
+    """The key from a mounted secret file (preferred: Kubernetes secrets) or else an env var."""
+    if file_path:
+        key = Path(file_path).read_text(encoding="utf-8").strip()
+        if key:
+            return SecretStr(key)
+    if env_var:
+        key = os.environ.get(env_var, "").strip()
+        if key:
+            return SecretStr(key)
+    return None
+
+
+# --- request building ----------------------------------------------------------------------------
+
+
+def image_mime_type(image: bytes) -> str:
+    """The MIME type from the file's magic bytes; servers reject data URLs with the wrong type."""
+    if image.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if image.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        return "image/webp"
+    if image.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    raise PermanentBackendError(f"unrecognised image format (first bytes {image[:12]!r})")
+
+
+def image_data_url(image: bytes) -> str:
+    return f"data:{image_mime_type(image)};base64,{base64.b64encode(image).decode('ascii')}"
+
+
+def build_messages(request: GenerationRequest) -> list[dict[str, Any]]:
+    """OpenAI chat messages; the images go, before the text, into the first user message."""
+    messages: list[dict[str, Any]] = []
+    images_placed = not request.images
+    for message in request.messages:
+        if message.role == "user" and not images_placed:
+            parts: list[dict[str, Any]] = [
+                {"type": "image_url", "image_url": {"url": image_data_url(image)}} for image in request.images
+            ]
+            parts.append({"type": "text", "text": message.text})
+            messages.append({"role": "user", "content": parts})
+            images_placed = True
+        else:
+            messages.append({"role": message.role, "content": message.text})
+    if not images_placed:
+        raise PermanentBackendError("the request has images but no user message to carry them")
+    return messages
+
+
+def build_completion_kwargs(model: str, request: GenerationRequest) -> dict[str, Any]:
+    """Keyword arguments for ``chat.completions.create``."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "messages": build_messages(request),
+        "temperature": request.params.temperature,
+        "top_p": request.params.top_p,
+        "max_tokens": request.params.max_tokens,
+    }
+    if request.params.seed is not None:
+        kwargs["seed"] = request.params.seed
+    if request.response_format is not None:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": request.response_format},
+        }
+    return kwargs
+
+
+def result_from_completion(body: bytes, latency_s: float) -> GenerationResult:
+    """The first choice of a chat completion; lenient like the SDK, so vLLM's extra fields and
+    finish reasons pass. A body without a choice is a broken server or proxy: worth a retry later."""
+    try:
+        completion = json.loads(body)
+        choice = completion["choices"][0]
+        text = choice["message"].get("content") or ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        raise TransientBackendError(f"malformed chat completion ({error!r}): {body[:200]!r}") from None
+    usage = completion.get("usage") or {}
+    return GenerationResult(
+        text=text,
+        finish_reason=choice.get("finish_reason") or "unknown",
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        latency_s=latency_s,
+    )
+
+
+# --- error classification ------------------------------------------------------------------------
+
+
+def error_kind(error: BaseException) -> str:
+    """The ``kind`` label of ``vlf_backend_errors_total`` for an openai client error (or a 200
+    whose body is not a chat completion, which we count as the server's fault)."""
+    if isinstance(error, TransientBackendError):
+        return "server_error"
+    if isinstance(error, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(error, openai.APIConnectionError):
+        return "connection"
+    if isinstance(error, openai.APIStatusError):
+        if error.status_code == 429:
+            return "rate_limited"
+        if error.status_code >= 500:
+            return "server_error"
+        if is_context_length_error(error):
+            return "context_length"
+    return "client_error"
+
+
+def is_transient(error: BaseException) -> bool:
+    return error_kind(error) in {"timeout", "connection", "rate_limited", "server_error"}
+
+
+def is_context_length_error(error: openai.APIStatusError) -> bool:
+    return error.status_code == 400 and bool(_CONTEXT_LENGTH_PATTERN.search(server_message(error)))
+
+
+def server_message(error: openai.APIError) -> str:
+    """The server's own error message (OpenAI error body), else the client's summary."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+    return error.message
+
+
+def retry_after_s(error: BaseException) -> float | None:
+    """The server's requested wait (``retry-after-ms``, ``Retry-After`` seconds or HTTP date)."""
+    if not isinstance(error, openai.APIStatusError):
+        return None
+    headers = error.response.headers
+    if (millis := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+class BackendMetrics:
+    """The backend's Prometheus series, registered on the registry the service exposes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "vlf_backend_requests",
+            "Generation requests by final outcome (ok, transient, permanent, context_length).",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "vlf_backend_tokens",
+            "Tokens reported by the server; direction is in (prompt) or out (completion).",
+            ["model", "direction"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "vlf_backend_latency_seconds",
+            "Latency of successful HTTP calls.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "vlf_backend_in_flight", "HTTP calls now awaiting the server.", ["model"], registry=registry
+        )
+        self.errors = Counter(
+            "vlf_backend_errors",
+            "Failed HTTP attempts, retried or not, by kind.",
+            ["model", "kind"],
+            registry=registry,
+        )
+
+
+# --- the event loop thread -----------------------------------------------------------------------
+
+
+class _LoopThread:
+    """One asyncio loop in a daemon thread, started on first use, for sync callers in many threads."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._started_loop()).result()
+
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = uvloop.new_event_loop()
+                self._thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+                self._thread.start()
+                self._loop = loop
+            return self._loop
+
+    @property
+    def started(self) -> bool:
+        return self._loop is not None
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._loop is None or self._thread is None:
+                return
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            self._loop = None
+            self._thread = None
+
+
+# --- the backend ---------------------------------------------------------------------------------
+
+
+class OpenAIHttpBackend:
+    """``Backend`` over an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Defaults: 16 concurrent calls, 120 s timeout per call, 5 retries with full-jitter exponential
+    backoff from 0.5 s capped at 30 s (a server's Retry-After wins, within the same cap).
+    ``latency_s`` of a result is the duration of its successful HTTP call. Images travel as base64
+    data URLs (``image_mode``), the one form every OpenAI-compatible server accepts. A concurrency
+    slot is held through a request's backoff sleeps, so a rate-limited server sees fewer calls.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None,
+        api_key: SecretStr | None,
+        *,
+        concurrency: int = 16,
+        timeout_s: float = 120,
+        max_retries: int = 5,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30,
+        image_mode: Literal["data_url"] = "data_url",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.model = model
+        self.base_url = base_url
+        self.image_mode = image_mode
+        self._api_key = api_key
+        self._max_retries = max_retries
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._metrics = BackendMetrics(registry if registry is not None else CollectorRegistry())
+        self._loop = _LoopThread(name=f"openai-http-{model}")
+        self._semaphore = asyncio.Semaphore(concurrency)
+        # aiohttp under the SDK (its ``aiohttp`` extra) and uvloop below: httpcore's pool costs CPU
+        # per call that grows with the number of connections, which capped throughput at 64 calls.
+        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = AsyncOpenAI(
+            api_key=api_key.get_secret_value() if api_key else NO_API_KEY,
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout_s),
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIHttpBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    # --- Backend protocol ---
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Results in request order; raises the first request's error (in order) if any failed."""
+        return self._loop.run(self._generate_all(requests))
+
+    def check(self) -> None:
+        self._loop.run(self._check())
+
+    def close(self) -> None:
+        if self._loop.started:
+            self._loop.run(self._client.close())
+        self._loop.stop()
+
+    # --- internals ---
+
+    async def _generate_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        outcomes = await asyncio.gather(*(self._generate_one(r) for r in requests), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]  # no exceptions left after the loop above
+
+    async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
+        kwargs = build_completion_kwargs(self.model, request)
+        async with self._semaphore:
+            try:
+                result = await self._call_with_retries(kwargs)
+            except (openai.APIError, TransientBackendError) as error:
+                raise self._classified(error) from None
+        self._metrics.requests.labels(self.model, "ok").inc()
+        self._metrics.tokens.labels(self.model, "in").inc(result.prompt_tokens)
+        self._metrics.tokens.labels(self.model, "out").inc(result.completion_tokens)
+        self._metrics.latency.labels(self.model).observe(result.latency_s)
+        return result
+
+    async def _call_with_retries(self, kwargs: dict[str, Any]) -> GenerationResult:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self._max_retries + 1),
+            wait=self._wait_s,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        return await retrying(self._call_once, kwargs)
+
+    async def _call_once(self, kwargs: dict[str, Any]) -> GenerationResult:
+        """One HTTP call. ``client.post`` (the SDK's documented raw route) skips the SDK's params
+        transform and response model construction, about 1 ms of CPU per call that would cap
+        throughput at high concurrency; the payload is already built by ``build_completion_kwargs``."""
+        started = time.perf_counter()
+        try:
+            with self._metrics.in_flight.labels(self.model).track_inprogress():
+                response = await self._client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+            return result_from_completion(response.content, time.perf_counter() - started)
+        except (openai.APIError, TransientBackendError) as error:
+            self._metrics.errors.labels(self.model, error_kind(error)).inc()
+            raise
+
+    def _wait_s(self, retry_state: RetryCallState) -> float:
+        """Retry-After when the server gave one, else full jitter: uniform(0, base * 2^(n-1))."""
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        requested = retry_after_s(error) if error else None
+        if requested is not None:
+            return min(requested, self._backoff_max_s)
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (retry_state.attempt_number - 1))
+        return random.uniform(0, ceiling)
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        wait_s = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "backend call failed, retrying: model=%s attempt=%d kind=%s wait_s=%.2f error=%s",
+            self.model,
+            retry_state.attempt_number,
+            error_kind(error) if error else "unknown",
+            wait_s,
+            self._describe(error) if error else "",
+        )
+
+    def _classified(
+        self, error: openai.APIError | TransientBackendError
+    ) -> TransientBackendError | PermanentBackendError:
+        """Our error class for an error that retries could not (or must not) fix."""
+        kind = error_kind(error)
+        description = self._describe(error)
+        if is_transient(error):
+            self._metrics.requests.labels(self.model, "transient").inc()
+            attempts = self._max_retries + 1
+            return TransientBackendError(f"{self.model}: gave up after {attempts} attempts: {description}")
+        if kind == "context_length":
+            self._metrics.requests.labels(self.model, "context_length").inc()
+            return ContextLengthError(f"{self.model}: {description}")
+        self._metrics.requests.labels(self.model, "permanent").inc()
+        return PermanentBackendError(f"{self.model}: {description}")
+
+    def _describe(self, error: BaseException) -> str:
+        """``status N: server message`` (or the client's message), with the API key redacted."""
+        key = self._api_key.get_secret_value() if self._api_key else None
+        if isinstance(error, openai.APIStatusError):
+            return redact(f"status {error.status_code}: {server_message(error)}", key)
+        if isinstance(error, TransientBackendError):
+            return redact(str(error), key)
+        return redact(f"{type(error).__name__}: {error}", key)
+
+    async def _check(self) -> None:
+        try:
+            await self._client.models.list(timeout=CHECK_TIMEOUT_S)
+        except openai.APIError as error:
+            if isinstance(error, openai.APIStatusError) and not is_transient(error):
+                raise PermanentBackendError(f"{self.model}: {self._describe(error)}") from None
+            raise TransientBackendError(
+                f"{self.model}: unreachable at {self.base_url}: {self._describe(error)}"
+            ) from None

@@ -1,0 +1,78 @@
+"""In-process vLLM (GPU extra): batched chat generation through ``vllm.LLM.chat``.
+
+Imported only when a registry entry asks for ``backend: vllm``; the ``gpu`` extra installs vLLM.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from shared.backends.base import GenerationRequest, GenerationResult
+from shared.backends.errors import ContextLengthError, PermanentBackendError
+
+
+def _data_url(image: bytes) -> str:
+    mime = "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
+
+
+def to_openai_messages(request: GenerationRequest) -> list[dict]:
+    """OpenAI chat messages with the request's images as data-URL parts in the first user turn."""
+    messages: list[dict] = []
+    images_placed = False
+    for message in request.messages:
+        if message.role == "user" and not images_placed and request.images:
+            parts = [{"type": "image_url", "image_url": {"url": _data_url(img)}} for img in request.images]
+            messages.append({"role": "user", "content": [*parts, {"type": "text", "text": message.text}]})
+            images_placed = True
+        else:
+            messages.append({"role": message.role, "content": message.text})
+    return messages
+
+
+class VllmBackend:
+    def __init__(self, model: str, *, max_batch_size: int = 64, **engine_args: object) -> None:
+        from vllm import LLM
+
+        self._llm = LLM(model=model, limit_mm_per_prompt={"image": 8}, **engine_args)
+        self._max_len = self._llm.llm_engine.model_config.max_model_len
+        self.max_batch_size = max_batch_size
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        from vllm import SamplingParams as VllmSampling
+
+        started = time.monotonic()
+        conversations = [to_openai_messages(r) for r in requests]
+        params = [
+            VllmSampling(
+                temperature=r.params.temperature,
+                top_p=r.params.top_p,
+                max_tokens=r.params.max_tokens,
+                seed=r.params.seed,
+            )
+            for r in requests
+        ]
+        try:
+            outputs = self._llm.chat(conversations, params, use_tqdm=False)
+        except ValueError as exc:
+            if "longer than the maximum model length" in str(exc) or "max_model_len" in str(exc):
+                raise ContextLengthError(str(exc)) from exc
+            raise PermanentBackendError(str(exc)) from exc
+        latency = time.monotonic() - started
+        return [
+            GenerationResult(
+                text=out.outputs[0].text,
+                finish_reason=out.outputs[0].finish_reason or "stop",
+                prompt_tokens=len(out.prompt_token_ids or []),
+                completion_tokens=len(out.outputs[0].token_ids),
+                latency_s=latency,
+            )
+            for out in outputs
+        ]
+
+    def check(self) -> None:
+        """In-process: ready once constructed."""
+
+    def close(self) -> None:
+        del self._llm

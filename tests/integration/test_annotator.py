@@ -1,0 +1,149 @@
+"""The annotator on the real broker, judging through the real openai client against a local judge server."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import httpx
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from shared.blobs.store import BlobStore
+from shared.contracts import events as ev
+from shared.contracts import topics
+from shared.contracts.events import Aspect
+from shared.ledger import Ledger
+from shared.ledger.tables import JudgeCallRow
+from shared.openai_test_server import TestServerConfig, serve_in_thread
+from shared.runtime.admin import EventPublisher
+from shared.runtime.dlq import read_dlq_headers
+from tests.integration.judge_responder import expected_rating, judge_responder
+from tests.integration.kafka_helpers import consume_all, wait_until
+from tests.integration.pipeline_helpers import Pipeline, png, write_registry
+
+JUDGES = lambda url: [  # noqa: E731
+    {"id": "judge-md", "model": "test-model", "base_url": url, "timeout_s": 10},
+    {"id": "judge-json", "model": "test-model", "base_url": url, "timeout_s": 10, "structured_output": True},
+]
+
+
+@pytest.fixture
+def judge_server():
+    running = serve_in_thread(TestServerConfig(responder=judge_responder, latency_s=0.05))
+    yield running
+    running.stop()
+
+
+def _calls(server) -> list[dict]:
+    return httpx.get(server.base_url.removesuffix("/v1") + "/_calls").json()
+
+
+def _responses(pipeline: Pipeline, prompts: list[str]) -> list[ev.Response]:
+    blobs = BlobStore(str(pipeline.blob_dir))
+    uri = blobs.put(png("red"), suffix=".png")
+    out = []
+    for n, prompt in enumerate(prompts):
+        inst = ev.Instruction(
+            instruction_id=f"inst-ann-{n:04d}", prompt=prompt, image_uris=[uri], models=["m1", "m2"]
+        )
+        for model in ("m1", "m2"):
+            out.append(
+                ev.Response(
+                    response_id=f"{inst.instruction_id}-{model}",
+                    instruction=inst,
+                    model_id=model,
+                    sampling={"temperature": 0.7},
+                    text=f"{model} says the square in {n} is red",
+                    status="answered",
+                    finish_reason="stop",
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("judge_id", ["judge-md", "judge-json"])
+def test_ratings_land_in_the_ledger_and_on_the_topic(
+    kafka_bootstrap, namespace, ledger_url, tmp_path, judge_server, judge_id
+):
+    registry = write_registry(
+        tmp_path / "registry.yaml", judge_server.base_url, ["m1", "m2"], 2, JUDGES(judge_server.base_url)
+    )
+    pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    prompts = [f"What colour is square {n}?" for n in range(4)] + [
+        "GARBAGE-ONCE what?",
+        "GARBAGE-ALWAYS what?",
+    ]
+    responses = _responses(pipeline, prompts)
+    try:
+        with EventPublisher(pipeline.settings) as publisher:
+            publisher.publish(responses)
+        pipeline.start("services.annotator", judge_id, VLF_ANNOTATOR_JUDGE_ID=judge_id)
+        wait_until(lambda: ledger.count(ev.Annotation) == 5, 90, "5 annotations")
+        dead = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.dlq, expect=1)
+    finally:
+        failures = pipeline.stop_all()
+    assert not failures, failures
+    for annotation in ledger.iter_facts(ev.Annotation):
+        assert annotation.judge_id == judge_id and annotation.usage.calls >= 1
+        assert sorted(r.shown_position for r in annotation.rated) == [0, 1]
+        for rated in annotation.rated:
+            for aspect in Aspect:
+                assert rated.ratings[aspect].rating == expected_rating(rated.text, aspect)
+    published = consume_all(kafka_bootstrap, namespace + topics.ANNOTATIONS.name, expect=5)
+    assert len({json.loads(r.value)["annotation_id"] for r in published}) == 5
+    assert [read_dlq_headers(d.headers)["error.class"] for d in dead] == ["RatingParseError"]
+    with ledger._session() as s:
+        kept = s.query(JudgeCallRow).filter(JudgeCallRow.instruction_id == "inst-ann-0005").all()
+    assert len(kept) == 2 and all("rather not rate" in k.raw_reply for k in kept), "paid replies are kept"
+    calls = _calls(judge_server)
+    assert len(calls) == 4 + 2 + 2, "one call each, plus one repair for each garbage reply"
+
+
+def test_sigkill_after_the_judge_replied_never_pays_twice(
+    kafka_bootstrap, namespace, ledger_url, tmp_path, judge_server
+):
+    registry = write_registry(
+        tmp_path / "registry.yaml", judge_server.base_url, ["m1", "m2"], 2, JUDGES(judge_server.base_url)
+    )
+    pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    responses = _responses(pipeline, [f"Describe square {n}." for n in range(6)])
+    with EventPublisher(pipeline.settings) as publisher:
+        publisher.publish(responses)
+    victim = pipeline.start(
+        "services.annotator", "victim", VLF_ANNOTATOR_JUDGE_ID="judge-md", VLF_COMMIT_INTERVAL_S="60"
+    )
+    wait_until(lambda: ledger.count(ev.Annotation) >= 1, 60, "a first judge reply")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert _committed(kafka_bootstrap, namespace + topics.RESPONSES.name) == 0, (
+        "the kill must land before any commit"
+    )
+    rated_before = ledger.count(ev.Annotation)
+    try:
+        pipeline.start("services.annotator", "restarted", VLF_ANNOTATOR_JUDGE_ID="judge-md")
+        wait_until(lambda: ledger.count(ev.Annotation) == 6, 60, "all 6 annotations")
+        wait_until(
+            lambda: _committed(kafka_bootstrap, namespace + topics.RESPONSES.name) == 12, 30, "commits"
+        )
+    finally:
+        failures = [f for f in pipeline.stop_all() if "victim" not in f]
+    assert not failures, failures
+    assert rated_before >= 1
+    calls = _calls(judge_server)
+    assert len(calls) == 6, f"expected exactly one judge call per instruction, saw {len(calls)}"
+
+
+def _committed(bootstrap: str, topic_name: str, group: str = "vlf-annotator.judge-md") -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    total = sum(
+        consumer.committed(TopicPartition(topic_name, p)) or 0
+        for p in consumer.partitions_for_topic(topic_name) or []
+    )
+    consumer.close()
+    return total

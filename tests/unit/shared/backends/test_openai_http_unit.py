@@ -1,0 +1,197 @@
+"""Pure parts of the OpenAI HTTP backend: request building, error classification, Retry-After."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx2
+import openai
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.errors import PermanentBackendError, TransientBackendError
+from shared.backends.openai_http import (
+    build_completion_kwargs,
+    build_messages,
+    error_kind,
+    image_mime_type,
+    is_transient,
+    resolve_api_key,
+    result_from_completion,
+    retry_after_s,
+    server_message,
+)
+
+
+def encoded_image(image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "green").save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def status_error(status: int, body: dict | None = None, headers: dict | None = None) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://server/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, json=body or {}, request=request)
+    return openai.APIStatusError(f"Error code: {status}", response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "mime"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("GIF", "image/gif")],
+)
+def test_image_mime_type_from_magic_bytes(image_format: str, mime: str) -> None:
+    assert image_mime_type(encoded_image(image_format)) == mime
+
+
+def test_unknown_image_format_is_permanent() -> None:
+    with pytest.raises(PermanentBackendError, match="unrecognised image format"):
+        image_mime_type(b"BM not really a bitmap")
+
+
+def test_images_go_before_the_text_of_the_first_user_message_only() -> None:
+    png = encoded_image("PNG")
+    request = GenerationRequest(
+        messages=[
+            ChatMessage(role="system", text="sys"),
+            ChatMessage(role="user", text="first"),
+            ChatMessage(role="assistant", text="answer"),
+            ChatMessage(role="user", text="second"),
+        ],
+        images=[png],
+    )
+
+    messages = build_messages(request)
+
+    assert messages[0] == {"role": "system", "content": "sys"}
+    image_part, text_part = messages[1]["content"]
+    assert image_part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(png).decode()
+    assert text_part == {"type": "text", "text": "first"}
+    assert messages[2:] == [{"role": "assistant", "content": "answer"}, {"role": "user", "content": "second"}]
+
+
+def test_text_only_requests_use_plain_string_content() -> None:
+    request = GenerationRequest(messages=[ChatMessage(role="user", text="hi")])
+    assert build_messages(request) == [{"role": "user", "content": "hi"}]
+
+
+def test_images_without_a_user_message_are_rejected() -> None:
+    request = GenerationRequest(
+        messages=[ChatMessage(role="system", text="s")], images=[encoded_image("PNG")]
+    )
+    with pytest.raises(PermanentBackendError, match="no user message"):
+        build_messages(request)
+
+
+def test_completion_kwargs_carry_sampling_seed_and_json_schema() -> None:
+    schema = {"type": "object", "properties": {"rating": {"type": "integer"}}}
+    request = GenerationRequest(
+        messages=[ChatMessage(role="user", text="rate")],
+        params=SamplingParams(temperature=0.5, top_p=0.8, max_tokens=12, seed=3),
+        response_format=schema,
+    )
+
+    kwargs = build_completion_kwargs("judge", request)
+
+    assert (kwargs["model"], kwargs["temperature"], kwargs["top_p"], kwargs["max_tokens"]) == (
+        "judge",
+        0.5,
+        0.8,
+        12,
+    )
+    assert kwargs["seed"] == 3
+    assert kwargs["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "reply", "schema": schema},
+    }
+
+
+def test_completion_kwargs_omit_unset_seed_and_format() -> None:
+    kwargs = build_completion_kwargs("m", GenerationRequest(messages=[ChatMessage(role="user", text="x")]))
+    assert "seed" not in kwargs and "response_format" not in kwargs
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "kind"),
+    [
+        (429, "slow down", "rate_limited"),
+        (500, "oops", "server_error"),
+        (503, "overloaded", "server_error"),
+        (400, "This model's maximum context length is 4096 tokens.", "context_length"),
+        (400, "The decoder prompt is longer than the maximum model length of 32768", "context_length"),
+        (400, "too many tokens in the prompt", "context_length"),
+        (400, "temperature must be at most 2", "client_error"),
+        (401, "Incorrect API key", "client_error"),
+        (404, "model does not exist", "client_error"),
+    ],
+)
+def test_status_errors_are_classified(status: int, message: str, kind: str) -> None:
+    error = status_error(status, {"error": {"message": message}})
+    assert error_kind(error) == kind
+    assert is_transient(error) == (kind in {"rate_limited", "server_error"})
+
+
+def test_timeouts_and_connection_errors_are_transient() -> None:
+    request = httpx2.Request("POST", "http://server/v1/chat/completions")
+    assert error_kind(openai.APITimeoutError(request=request)) == "timeout"
+    assert error_kind(openai.APIConnectionError(request=request)) == "connection"
+    assert is_transient(openai.APITimeoutError(request=request))
+
+
+def test_server_message_comes_from_the_openai_error_body() -> None:
+    assert server_message(status_error(400, {"error": {"message": "bad temperature"}})) == "bad temperature"
+    assert server_message(status_error(502, None)) == "Error code: 502"
+
+
+def test_retry_after_seconds_milliseconds_and_http_date() -> None:
+    assert retry_after_s(status_error(429, headers={"retry-after": "3"})) == 3.0
+    assert retry_after_s(status_error(429, headers={"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    in_ten_s = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
+    assert 8 <= retry_after_s(status_error(429, headers={"retry-after": in_ten_s})) <= 10
+    assert retry_after_s(status_error(429, headers={"retry-after": "soon"})) is None
+    assert retry_after_s(status_error(429)) is None
+
+
+def test_resolve_api_key_prefers_the_secret_file(tmp_path, monkeypatch) -> None:
+    secret_file = tmp_path / "key"
+    secret_file.write_text("sk-from-file\n")
+    monkeypatch.setenv("VLF_TEST_JUDGE_KEY", "sk-from-env")
+
+    assert resolve_api_key("VLF_TEST_JUDGE_KEY", str(secret_file)) == SecretStr("sk-from-file")
+    assert resolve_api_key("VLF_TEST_JUDGE_KEY", None) == SecretStr("sk-from-env")
+    assert resolve_api_key("VLF_TEST_UNSET_KEY", None) is None
+    assert resolve_api_key(None, None) is None
+
+
+def test_result_from_completion_is_lenient_about_extra_fields_and_reasons() -> None:
+    body = {
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "abort", "stop_reason": None}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+        "kv_transfer_params": None,
+    }
+    result = result_from_completion(json.dumps(body).encode(), 0.25)
+    assert (result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens) == (
+        "hi",
+        "abort",
+        5,
+        1,
+    )
+    assert result.latency_s == 0.25
+
+
+def test_result_from_completion_without_choices_is_transient() -> None:
+    with pytest.raises(TransientBackendError, match="malformed chat completion"):
+        result_from_completion(b'{"choices": []}', 0.1)
+    with pytest.raises(TransientBackendError, match="malformed chat completion"):
+        result_from_completion(b"<html>bad gateway</html>", 0.1)
+
+
+def test_a_malformed_completion_counts_as_a_retryable_server_error() -> None:
+    error = TransientBackendError("malformed chat completion")
+    assert error_kind(error) == "server_error"
+    assert is_transient(error)

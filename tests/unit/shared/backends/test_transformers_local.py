@@ -1,0 +1,118 @@
+"""The in-process backend answers real tokens from the tiny models, batched, with images."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.errors import ContextLengthError, PermanentBackendError
+from shared.backends.transformers_local import (
+    TransformersBackend,
+    batches_by_params,
+    chat_messages,
+    completion_length,
+)
+from shared.tinymodels import FAMILIES, build_tiny_vlm
+
+pytestmark = pytest.mark.slow
+
+
+def png(colour: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 40), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ask(text: str, images: list[bytes], **params) -> GenerationRequest:
+    return GenerationRequest(
+        messages=[ChatMessage(role="user", text=text)], images=images, params=SamplingParams(**params)
+    )
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def backend(request, tmp_path_factory):
+    path = build_tiny_vlm(request.param, tmp_path_factory.mktemp(request.param))
+    served = TransformersBackend(str(path), device="cpu", max_batch_size=4)
+    yield served
+    served.close()
+
+
+def test_batched_generation_with_images_returns_real_tokens_in_order(backend):
+    requests = [
+        ask(f"What colour is shape {i}?", [png(c)], max_tokens=6) for i, c in enumerate(["red", "blue"] * 3)
+    ]
+
+    results = backend.generate(requests)
+    one_by_one = [backend.generate([request])[0] for request in requests]
+
+    assert len(results) == 6
+    for result, single in zip(results, one_by_one, strict=True):
+        assert result.completion_tokens >= 1
+        assert result.finish_reason in {"stop", "length"}
+        assert result.finish_reason == "stop" or result.completion_tokens == 6
+        assert result.prompt_tokens > 5
+        assert result.text == single.text  # greedy: batching and left padding change nothing
+        assert result.latency_s > 0
+
+
+def test_requests_without_images_and_with_a_system_message(backend):
+    request = GenerationRequest(
+        messages=[ChatMessage(role="system", text="Be brief."), ChatMessage(role="user", text="Say yes.")],
+        params=SamplingParams(max_tokens=4),
+    )
+
+    (result,) = backend.generate([request])
+
+    assert result.completion_tokens >= 1
+
+
+def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(backend):
+    def sample(seed: int) -> str:
+        request = ask("Describe the image.", [png("green")], temperature=1.5, max_tokens=12, seed=seed)
+        return backend.generate([request])[0].text
+
+    assert sample(1) == sample(1)
+    assert len({sample(seed) for seed in range(4)}) > 1
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_any_generation(backend):
+    too_long = ask("red " * (backend.max_positions + 10), [png("red")])
+
+    with pytest.raises(ContextLengthError, match="request 1"):
+        backend.generate([ask("Is it red?", [png("red")]), too_long])
+
+
+def test_an_undecodable_image_is_a_permanent_error(backend):
+    with pytest.raises(PermanentBackendError):
+        backend.generate([ask("What is it?", [b"not an image"])])
+
+
+def test_batches_split_on_params_and_size():
+    greedy, sampled = SamplingParams(), SamplingParams(temperature=0.7)
+    requests = [GenerationRequest(messages=[], params=p) for p in [greedy] * 3 + [sampled] + [greedy]]
+
+    batches = batches_by_params(requests, max_batch_size=2)
+
+    assert [[index for index, _ in batch] for batch in batches] == [[0, 1], [2], [3], [4]]
+
+
+def test_completion_length_stops_at_the_first_eos():
+    assert completion_length([5, 6, 2, 0, 0], {2}) == (3, True)
+    assert completion_length([5, 6, 7], {2}) == (3, False)
+
+
+def test_images_go_in_the_first_user_message():
+    request = GenerationRequest(
+        messages=[
+            ChatMessage(role="system", text="s"),
+            ChatMessage(role="user", text="a"),
+            ChatMessage(role="user", text="b"),
+        ],
+        images=[b"x", b"y"],
+    )
+
+    messages = chat_messages(request)
+
+    assert [part["type"] for part in messages[1]["content"]] == ["image", "image", "text"]
+    assert [part["type"] for part in messages[2]["content"]] == ["text"]

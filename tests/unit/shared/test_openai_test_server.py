@@ -1,0 +1,83 @@
+"""The test server's pure rules: token counting, validation of images, failure draws, JSON replies."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from shared.openai_test_server import (
+    TOKENS_PER_IMAGE,
+    ChatCompletionRequest,
+    TestServerConfig,
+    count_prompt_tokens,
+    decode_data_url_image,
+    default_responder,
+    draw_misbehaviour,
+)
+
+
+def png_data_url() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "white").save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_prompt_tokens_are_words_plus_a_fixed_cost_per_image() -> None:
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": png_data_url()}},
+                        {"type": "text", "text": "what is shown here"},
+                    ],
+                },
+            ],
+        }
+    )
+    assert count_prompt_tokens(request) == 2 + 4 + TOKENS_PER_IMAGE
+
+
+def test_image_urls_must_be_decodable_data_urls() -> None:
+    decode_data_url_image(png_data_url())
+    with pytest.raises(ValueError, match="base64 data URL"):
+        decode_data_url_image("https://example.com/cat.png")
+    with pytest.raises(ValueError, match="does not decode"):
+        decode_data_url_image("data:image/png;base64," + base64.b64encode(b"not an image").decode())
+
+
+def test_failure_draws_follow_the_script_then_the_seeded_rates() -> None:
+    config = TestServerConfig(failure_script=["hang"], fail_429_rate=0.3, fail_500_rate=0.2, seed=5)
+    draws = [draw_misbehaviour(config, index) for index in range(2000)]
+
+    assert draws[0] == "hang"
+    assert draws == [draw_misbehaviour(config, index) for index in range(2000)]
+    assert 0.25 < draws.count("rate_limited") / 2000 < 0.35
+    assert 0.15 < draws.count("server_error") / 2000 < 0.25
+    assert draws[1:].count("hang") == 0
+
+
+def test_default_reply_is_deterministic_and_json_when_a_schema_is_asked() -> None:
+    request = {"model": "m", "messages": [{"role": "user", "content": "rate it"}]}
+    assert default_responder(request) == default_responder(request)
+    assert default_responder(request) != default_responder(
+        {**request, "messages": [{"role": "user", "content": "x"}]}
+    )
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "scores": {"type": "array", "items": {"enum": ["good", "bad"]}},
+            "ok": {"type": "boolean"},
+        },
+    }
+    with_format = {**request, "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    assert json.loads(default_responder(with_format)) == {"scores": ["good"], "ok": True}
+    assert not default_responder(with_format, reply_json=False).startswith("{")
