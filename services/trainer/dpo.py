@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -54,6 +55,9 @@ VISION_TOWER_ATTRIBUTES = ("visual", "vision_tower", "vision_model")
 LANGUAGE_MODEL_LINEAR_LAYERS = (
     r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class DpoJobConfig(BaseModel):
@@ -317,6 +321,8 @@ def train(
     callbacks = [ProgressReporter(on_progress, pairs_per_step)] if on_progress else None
     trainer = build_trainer(pairs, config, args, callbacks=callbacks, cache_dir=cache_dir)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last_checkpoint:
+        log.info("resuming from %s", last_checkpoint)
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     artifact_dir = output_dir / "final"
     kind = save_artifact(trainer, config, artifact_dir)

@@ -93,5 +93,10 @@ def service_env(bootstrap: str, namespace: str, ledger_url: str, **extra: str) -
 def start_process(module: str, env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 - the process owns it until it exits
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        [sys.executable, "-m", module, *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        start_new_session=True,  # its own process group, so a test can kill it with its job processes
     )

@@ -1,0 +1,166 @@
+"""One training job, in its own process: ``python -m services.trainer.job --job-id ID``.
+
+Reads the request from the ledger, selects the pairs, runs DPO (resuming from the last checkpoint in
+the job's folder), publishes progress and finally the checkpoint. Known failures (unknown model, no
+pairs, out of memory) mark the job failed with the reason and exit 0, so they are not retried;
+anything else exits non-zero and the trainer's supervisor starts the job again (it resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from services.trainer.dataset import pair_records, select_pairs
+from services.trainer.settings import TrainerSettings
+from shared.blobs.store import BlobStore
+from shared.contracts import events as ev
+from shared.contracts.ids import checkpoint_id
+from shared.ledger import Ledger
+from shared.logs import configure_logging
+from shared.runtime.admin import EventPublisher
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 2.0
+
+
+class JobFailed(Exception):
+    """A failure that retrying cannot fix; its message is published as the reason."""
+
+
+def dpo_config(request: ev.TrainRequest, settings: TrainerSettings):  # noqa: ANN201 - imports torch lazily
+    from services.trainer.dpo import DpoJobConfig
+
+    hp = request.hparams
+    return DpoJobConfig(
+        base_model=request.base_model,
+        use_lora=request.use_lora,
+        lora_r=request.lora.r,
+        lora_alpha=request.lora.alpha,
+        lora_dropout=request.lora.dropout,
+        merge_adapter=request.merge_adapter,
+        beta=hp.beta,
+        loss_type=hp.loss_type,
+        loss_weights=hp.loss_weights,
+        precompute_ref_logps=request.precompute_ref_logps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler_type,
+        warmup_ratio=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        adam_beta2=hp.adam_beta2,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps,
+        per_device_train_batch_size=hp.per_device_batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        bf16=None if hp.bf16 else False,
+        seed=hp.seed,
+        save_steps=settings.save_steps,
+    )
+
+
+def run_job(job_id: str, common: CommonSettings, settings: TrainerSettings) -> None:
+    ledger = Ledger(common.ledger_url)
+    job = ledger.job(job_id)
+    if job is None:
+        raise SystemExit(f"no training job {job_id!r} in the ledger")
+    request = ev.TrainRequest.model_validate(job.request)
+    ledger.update_job(job_id, status="running")
+    with EventPublisher(common) as publisher:
+        try:
+            checkpoint = train(request, ledger, BlobStore(common.blob_url), publisher, settings)
+        except JobFailed as exc:
+            reason = str(exc)
+            ledger.update_job(job_id, status="failed", error=reason)
+            publisher.publish([ev.TrainProgress(job_id=job_id, status="failed", error=reason)])
+            log.error("training job %s failed: %s", job_id, reason)
+            return
+        ledger.record(checkpoint)
+        publisher.publish([checkpoint])
+        final = ev.TrainProgress(
+            job_id=job_id, status="completed", step=int(checkpoint.metrics.get("steps", 0))
+        )
+        ledger.update_job(job_id, status="completed", progress=final.model_dump(mode="json"))
+        publisher.publish([final])
+
+
+def train(
+    request: ev.TrainRequest,
+    ledger: Ledger,
+    blobs: BlobStore,
+    publisher: EventPublisher,
+    settings: TrainerSettings,
+) -> ev.Checkpoint:
+    pairs = select_pairs(ledger, request.dataset)
+    if not pairs:
+        raise JobFailed(f"empty dataset: no pairs match {request.dataset.model_dump()}")
+    check_model_exists(request.base_model)
+    try:
+        from services.trainer.dpo import train as dpo_train
+
+        config = dpo_config(request, settings)
+    except ValueError as exc:
+        raise JobFailed(f"invalid training configuration: {exc}") from exc
+    last_sent = 0.0
+
+    def on_progress(update) -> None:  # noqa: ANN001
+        nonlocal last_sent
+        progress = ev.TrainProgress(job_id=request.job_id, status="running", **update.model_dump())
+        ledger.update_job(request.job_id, progress=progress.model_dump(mode="json"))
+        if time.monotonic() - last_sent >= PROGRESS_EVERY_S or update.step == update.total_steps:
+            publisher.publish([progress])
+            last_sent = time.monotonic()
+
+    output_dir = settings.checkpoint_dir / request.job_id
+    try:
+        outcome = dpo_train(pair_records(pairs, blobs), config, output_dir, on_progress)
+    except OSError as exc:
+        if (
+            "does not appear to have" in str(exc)
+            or "not a valid model identifier" in str(exc)
+            or "Repo id" in str(exc)
+        ):
+            raise JobFailed(f"unknown model {request.base_model!r}: {exc}") from exc
+        raise
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise JobFailed(
+                f"out of memory: {exc}; lower per_device_batch_size or enable gradient checkpointing"
+            ) from exc
+        raise
+    uri = outcome.artifact_dir.resolve().as_uri()
+    metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, int | float)}
+    return ev.Checkpoint(
+        checkpoint_id=checkpoint_id(request.job_id, uri),
+        job_id=request.job_id,
+        base_model=request.base_model,
+        artifact_uri=uri,
+        kind=outcome.kind,
+        metrics={**metrics, "steps": float(outcome.steps), "pairs": float(len(pairs))},
+    )
+
+
+def check_model_exists(base_model: str) -> None:
+    """Fail fast, with the reason, when the base model cannot be resolved (path or hub id)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JobFailed(f"unknown model {base_model!r}: {first_line}") from exc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job-id", required=True)
+    args = parser.parse_args()
+    common = CommonSettings()
+    configure_logging(common.log_level, json_logs=common.log_json)
+    run_job(args.job_id, common, TrainerSettings())
+
+
+if __name__ == "__main__":
+    main()

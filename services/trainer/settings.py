@@ -1,0 +1,25 @@
+"""Trainer settings (env prefix ``VLF_TRAINER_``)."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import YamlOverlaySettings
+
+
+class TrainerSettings(YamlOverlaySettings):
+    model_config = SettingsConfigDict(env_prefix="VLF_TRAINER_", extra="ignore")
+
+    checkpoint_dir: Path = Field(
+        Path(".vlf/checkpoints"), description="Per job: <dir>/<job_id>/ (resumable)."
+    )
+    job_log_dir: Path = Field(Path(".vlf/jobs/train"), description="Logs of the job processes.")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts of a job that dies without a result before giving up."
+    )
+    max_parallel_jobs: int = Field(1, ge=1, description="Jobs run at once on this node.")
+    save_steps: int = Field(
+        50, ge=1, description="Checkpoint interval in optimizer steps (resume granularity)."
+    )
+    allow_cpu_bf16: bool = Field(False, description="bf16 is used only on GPU unless this is set.")

@@ -1,0 +1,174 @@
+"""The trainer on the real broker: requests -> progress -> checkpoints that reload and generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.blobs.store import BlobStore
+from shared.contracts import events as ev
+from shared.contracts import topics
+from shared.ledger import Ledger
+from shared.runtime.admin import EventPublisher
+from shared.runtime.dlq import read_dlq_headers
+from tests.integration.kafka_helpers import consume_all, wait_until
+from tests.integration.pipeline_helpers import COLOURS, Pipeline, png, write_registry
+
+torch = pytest.importorskip("torch", reason="the trainer needs the train extra (make setup installs it)")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from shared.tinymodels import build_tiny_vlm
+
+    root = tmp_path_factory.mktemp("models")
+    return {family: build_tiny_vlm(family, root / family) for family in ("qwen2_vl", "llava")}
+
+
+def _record_pairs(ledger: Ledger, blobs: BlobStore, n: int = 8) -> None:
+    pairs = []
+    for i in range(n):
+        colour = list(COLOURS)[i % 4]
+        wrong = list(COLOURS)[(i + 1) % 4]
+        uri = blobs.put(png(colour), suffix=".png")
+        pairs.append(
+            ev.Pair(
+                pair_id=f"pair-{i}",
+                instruction_id=f"inst-train-{i:04d}",
+                prompt="What colour is the square?",
+                image_uris=[uri],
+                chosen=ev.PairSide(response_id=f"c{i}", model_id="a", text=colour, score=5),
+                rejected=ev.PairSide(response_id=f"r{i}", model_id="b", text=wrong, score=1),
+                margin=4,
+                strategy="vlfeedback",
+                judge_ids=["verify"],
+                split="train",
+            )
+        )
+    ledger.record(*pairs)
+
+
+def _request(job_id: str, base_model: str, **kw) -> ev.TrainRequest:
+    hparams = ev.TrainHyperparams(
+        max_steps=kw.pop("max_steps", 2),
+        per_device_batch_size=2,
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=False,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+    )
+    return ev.TrainRequest(
+        job_id=job_id, base_model=base_model, hparams=hparams, lora=ev.LoraSpec(r=8, alpha=16), **kw
+    )
+
+
+def _setup(kafka_bootstrap, namespace, ledger_url, tmp_path):
+    registry = write_registry(tmp_path / "registry.yaml", "http://127.0.0.1:9/v1", ["m1"], 1)
+    pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+    pipeline.env.update(
+        HF_HUB_OFFLINE="1",
+        VLF_TRAINER_CHECKPOINT_DIR=str(tmp_path / "ckpt"),
+        VLF_TRAINER_JOB_LOG_DIR=str(tmp_path / "jobs"),
+        VLF_TRAINER_SAVE_STEPS="2",
+    )
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    _record_pairs(ledger, BlobStore(str(pipeline.blob_dir)))
+    return pipeline, ledger
+
+
+def _generates(checkpoint: ev.Checkpoint) -> str:
+    from shared.backends.transformers_local import TransformersBackend
+
+    artifact = checkpoint.artifact_uri.removeprefix("file://")
+    if checkpoint.kind == "adapter":
+        backend = TransformersBackend(checkpoint.base_model, adapter_path=artifact)
+    else:
+        backend = TransformersBackend(artifact)
+    request = GenerationRequest(
+        messages=[ChatMessage(role="user", text="What colour is the square?")],
+        images=[png("red")],
+        params=SamplingParams(max_tokens=4),
+    )
+    [result] = backend.generate([request])
+    backend.close()
+    return result.text
+
+
+def test_requests_become_checkpoints_that_reload_and_generate(
+    kafka_bootstrap, namespace, ledger_url, tmp_path, tiny_models
+):
+    pipeline, ledger = _setup(kafka_bootstrap, namespace, ledger_url, tmp_path)
+    requests = [
+        _request("qwen-lora", str(tiny_models["qwen2_vl"])),
+        _request("llava-lora", str(tiny_models["llava"])),
+        _request("qwen-full", str(tiny_models["qwen2_vl"]), use_lora=False),
+        _request("bad-path", "/nonexistent/model"),
+        _request("bad-hub", "no-such-org/no-such-model"),
+        _request(
+            "no-pairs", str(tiny_models["qwen2_vl"]), dataset=ev.DatasetSelector(strategy="best_vs_worst")
+        ),
+    ]
+    try:
+        with EventPublisher(pipeline.settings) as publisher:
+            publisher.publish(requests)
+        pipeline.start("services.trainer", "trainer")
+        wait_until(
+            lambda: ledger.count(ev.Checkpoint) == 3 and len(ledger.jobs(status="failed")) == 2, 420, "jobs"
+        )
+    finally:
+        failures = pipeline.stop_all()
+    assert not failures, failures
+    checkpoints = {c.job_id: c for c in ledger.iter_facts(ev.Checkpoint)}
+    assert {c.kind for c in checkpoints.values()} == {"adapter", "merged"}
+    for checkpoint in checkpoints.values():
+        assert checkpoint.metrics["steps"] == 2
+        assert isinstance(_generates(checkpoint), str)
+    errors = {j.id: j.error for j in ledger.jobs(status="failed")}
+    assert "unknown model" in errors["bad-hub"]
+    assert "empty dataset" in errors["no-pairs"]
+    progress = [
+        json.loads(r.value) for r in consume_all(kafka_bootstrap, namespace + topics.TRAIN_PROGRESS.name)
+    ]
+    for job_id in ("qwen-lora", "llava-lora", "qwen-full"):
+        statuses = [p["status"] for p in progress if p["job_id"] == job_id]
+        assert statuses[0] == "queued" and statuses[-1] == "completed" and "running" in statuses
+        running = [p for p in progress if p["job_id"] == job_id and p["status"] == "running"]
+        assert all(p["loss"] is not None and p["pairs_per_s"] > 0 for p in running)
+    assert any(
+        p["job_id"] == "bad-hub" and p["status"] == "failed" and "unknown model" in p["error"]
+        for p in progress
+    )
+    dead = consume_all(kafka_bootstrap, namespace + topics.TRAIN_REQUESTS.dlq, expect=1)
+    reasons = [read_dlq_headers(d.headers) for d in dead]
+    assert [r["error.class"] for r in reasons] == ["InvalidTrainRequest"]
+    assert "does not exist" in reasons[0]["error.message"]
+
+
+def test_a_trainer_killed_mid_job_resumes_it(kafka_bootstrap, namespace, ledger_url, tmp_path, tiny_models):
+    pipeline, ledger = _setup(kafka_bootstrap, namespace, ledger_url, tmp_path)
+    with EventPublisher(pipeline.settings) as publisher:
+        publisher.publish([_request("resume-me", str(tiny_models["qwen2_vl"]), max_steps=8)])
+    trainer = pipeline.start("services.trainer", "trainer-1")
+    checkpoints = tmp_path / "ckpt" / "resume-me"
+    wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 300, "a first training checkpoint")
+    os.killpg(trainer.pid, signal.SIGKILL)  # the service and its job process, as when a pod dies
+    trainer.wait(timeout=30)
+    assert ledger.job("resume-me").status == "running"
+    try:
+        pipeline.start("services.trainer", "trainer-2")
+        wait_until(lambda: ledger.count(ev.Checkpoint) == 1, 300, "the resumed job's checkpoint")
+    finally:
+        failures = [f for f in pipeline.stop_all() if "trainer-1" not in f]
+    assert not failures, failures
+    job = ledger.job("resume-me")
+    assert job.status == "completed" and job.attempts == 2
+    [checkpoint] = ledger.iter_facts(ev.Checkpoint)
+    assert checkpoint.metrics["steps"] == 8
+    log = (tmp_path / "jobs" / "resume-me.log").read_text()
+    assert "resuming from" in log and "checkpoint-" in log
