@@ -6,7 +6,7 @@ Each record is checked on its own: a bad line is refused with its reason and the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -15,8 +15,10 @@ from shared.blobs.images import ImagePolicy, load_image_source, validate_image
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.ids import instruction_id
-from shared.errors import PermanentError
+from shared.errors import PermanentError, VlfError
+from shared.ledger import Ledger
 from shared.registry import Registry
+from shared.settings import CommonSettings
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 
@@ -102,3 +104,44 @@ def build_instruction(
         source=record.source,
         reference=record.reference,
     )
+
+
+class SubmitOutcome(BaseModel):
+    published: list[str]
+    refused: list[Refused]
+
+
+def submit_records(
+    records: list[tuple[str, SubmitRecord | Refused]],
+    *,
+    base_dir: Path,
+    settings: CommonSettings,
+    registry: Registry | None,
+    on_record: Callable[[], None] = lambda: None,
+) -> SubmitOutcome:
+    """Store images, record and publish each instruction; refuse a bad record with its reason."""
+    from shared.runtime.admin import EventPublisher
+
+    policy = ImagePolicy(local_roots=(base_dir.resolve(), Path.cwd()))
+    blobs = BlobStore(settings.blob_url)
+    ledger = Ledger(settings.ledger_url)
+    ledger.migrate()
+    outcome = SubmitOutcome(published=[], refused=[])
+    with EventPublisher(settings) as publisher:
+        for where, record in records:
+            on_record()
+            if isinstance(record, Refused):
+                outcome.refused.append(record)
+                continue
+            try:
+                instruction = build_instruction(
+                    record, base_dir=base_dir, policy=policy, blobs=blobs, registry=registry
+                )
+            except VlfError as exc:
+                outcome.refused.append(Refused(where=where, reason=str(exc)))
+                continue
+            ledger.record(instruction)
+            publisher.publish([instruction])
+            outcome.published.append(instruction.instruction_id)
+    ledger.close()
+    return outcome

@@ -12,9 +12,6 @@ from rich.progress import Progress
 from rich.table import Table
 
 from shared import kafka_local
-from shared.blobs.images import ImagePolicy
-from shared.blobs.store import BlobStore
-from shared.errors import VlfError
 from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.settings import CommonSettings
@@ -64,8 +61,7 @@ def submit(
     ] = True,
 ) -> None:
     """Publish instructions: images go to the blob store, events to vlf.instructions.v1."""
-    from shared.runtime.admin import EventPublisher
-    from shared.submit import Refused, build_instruction, folder_records, read_jsonl
+    from shared.submit import folder_records, read_jsonl, submit_records
 
     settings = CommonSettings()
     if not source.exists():
@@ -77,32 +73,21 @@ def submit(
     else:
         records, base_dir = list(read_jsonl(source)), source.parent
     registry = Registry.load(settings.registry_path) if assign and settings.registry_path.exists() else None
-    policy = ImagePolicy(local_roots=(base_dir.resolve(), Path.cwd()))
-    blobs = BlobStore(settings.blob_url)
-    ledger = Ledger(settings.ledger_url)
-    ledger.migrate()
-    published, refused = [], []
-    with EventPublisher(settings) as publisher, Progress(console=console) as progress:
+    with Progress(console=console) as progress:
         task = progress.add_task("submitting", total=len(records))
-        for where, record in records:
-            progress.advance(task)
-            if isinstance(record, Refused):
-                refused.append(record)
-                continue
-            try:
-                instruction = build_instruction(
-                    record, base_dir=base_dir, policy=policy, blobs=blobs, registry=registry
-                )
-            except VlfError as exc:
-                refused.append(Refused(where=where, reason=str(exc)))
-                continue
-            ledger.record(instruction)
-            publisher.publish([instruction])
-            published.append(instruction.instruction_id)
-    console.print(f"published {len(published)} instructions to {settings.topic_namespace}vlf.instructions.v1")
-    for item in refused:
+        outcome = submit_records(
+            records,
+            base_dir=base_dir,
+            settings=settings,
+            registry=registry,
+            on_record=lambda: progress.advance(task),
+        )
+    console.print(
+        f"published {len(outcome.published)} instructions to {settings.topic_namespace}vlf.instructions.v1"
+    )
+    for item in outcome.refused:
         console.print(f"[yellow]refused[/] {item.where}: {item.reason}")
-    if refused and not published:
+    if outcome.refused and not outcome.published:
         raise typer.Exit(1)
 
 
@@ -140,3 +125,108 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         console.print(
             f"job {job['id']} ({job['kind']}): {job['status']} step={job['step']} {job['error'] or ''}"
         )
+
+
+@app.command()
+def up(
+    procfile_out: Annotated[
+        Path, typer.Option("--procfile", help="Where to write the generated Procfile.")
+    ] = Path(".vlf/Procfile"),
+) -> None:
+    """Run every service of the registry locally, one process each, under honcho (Ctrl-C stops all)."""
+    import os
+    import subprocess
+    import sys
+
+    from shared.procfile import procfile
+
+    settings = CommonSettings()
+    if not settings.registry_path.exists():
+        fail(f"registry {settings.registry_path} not found", "set VLF_REGISTRY_PATH or write registry.yaml")
+    procfile_out.parent.mkdir(parents=True, exist_ok=True)
+    procfile_out.write_text(procfile(Registry.load(settings.registry_path)))
+    console.print(f"wrote {procfile_out}; starting services with honcho")
+    honcho = Path(sys.executable).with_name("honcho")
+    raise typer.Exit(subprocess.call([str(honcho), "-f", str(procfile_out), "-d", os.getcwd(), "start"]))
+
+
+@app.command()
+def train(
+    base_model: Annotated[str, typer.Argument(help="Hub id or local path of an image-text-to-text model.")],
+    job_id: Annotated[str | None, typer.Option(help="Default: derived from the time.")] = None,
+    judge: Annotated[list[str] | None, typer.Option(help="Use pairs from these judges only.")] = None,
+    strategy: Annotated[str, typer.Option(help="Pair strategy to train on.")] = "vlfeedback",
+    min_margin: Annotated[float, typer.Option(help="Drop pairs with a smaller score gap.")] = 0.0,
+    loss_type: Annotated[
+        list[str] | None, typer.Option(help="TRL DPO losses, e.g. --loss-type sigmoid --loss-type sft.")
+    ] = None,
+    lora: Annotated[bool, typer.Option(help="LoRA (the paper) or a full fine-tune.")] = True,
+    epochs: Annotated[float, typer.Option(help="Epochs (paper: 3).")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+) -> None:
+    """Request a DPO run with the paper's hyperparameters (override the common ones here)."""
+    import time
+
+    from shared.contracts import events as ev
+    from shared.runtime.admin import EventPublisher
+
+    hparams = ev.TrainHyperparams(epochs=epochs, max_steps=max_steps, loss_type=loss_type or ["sigmoid"])
+    request = ev.TrainRequest(
+        job_id=job_id or f"train-{int(time.time())}",
+        base_model=base_model,
+        dataset=ev.DatasetSelector(judge_ids=judge or [], strategy=strategy, min_margin=min_margin),
+        use_lora=lora,
+        hparams=hparams,
+    )
+    with EventPublisher(CommonSettings()) as publisher:
+        publisher.publish([request])
+    console.print(f"requested training job {request.job_id}; follow it with `vlf status`")
+
+
+@app.command("eval")
+def evaluate(
+    base_model: Annotated[str, typer.Argument(help="Hub id, local path, or the served model name.")],
+    benchmark: Annotated[list[str], typer.Option(help="mme, mmhal, preference_accuracy, greedy_accuracy.")],
+    name: Annotated[str, typer.Option(help="Label in reports.")] = "model",
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder to apply.")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint serving the model.")
+    ] = None,
+) -> None:
+    """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1."""
+    import time
+
+    from shared.contracts import events as ev
+    from shared.runtime.admin import EventPublisher
+
+    request = ev.EvalRequest(
+        eval_id=f"eval-{int(time.time())}",
+        model=ev.ModelRef(name=name, base_model=base_model, adapter_uri=adapter, base_url=base_url),
+        benchmarks=benchmark,
+    )
+    with EventPublisher(CommonSettings()) as publisher:
+        publisher.publish([request])
+    console.print(f"requested evaluation {request.eval_id}; follow it with `vlf status`")
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option(help="A shorter run (used by the test suite).")] = False,
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes everything (cleared first).")] = Path(
+        ".vlf/demo"
+    ),
+) -> None:
+    """The whole loop on tiny offline models: sample, judge, pair, train, evaluate, report."""
+    from shared.demo import FULL, QUICK, run_demo
+
+    try:
+        result = run_demo(workdir, QUICK if quick else FULL, console)
+    except TimeoutError as exc:
+        fail(str(exc), f"see {workdir}/services.log and {workdir}/jobs/")
+    table = Table(title="base vs tuned (unseen images)")
+    for column in ("metric", "base", "tuned"):
+        table.add_column(column)
+    table.add_row("greedy accuracy", f"{result.base_greedy_accuracy}", f"{result.tuned_greedy_accuracy}")
+    table.add_row("held-out preference accuracy", "-", f"{result.tuned_preference_accuracy}")
+    console.print(table)
+    console.print(f"report: {result.report}")

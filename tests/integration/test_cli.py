@@ -1,0 +1,70 @@
+"""The `vlf` command line against the real broker and ledger: submit refuses bad lines with reasons,
+and `vlf status` numbers equal the ledger's counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from shared.contracts import events as ev
+from shared.contracts import topics
+from shared.ledger import Ledger
+from tests.integration.kafka_helpers import consume_all, service_env
+from tests.integration.pipeline_helpers import png, write_registry
+
+
+def _vlf(env: dict, *args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_submit_and_status(kafka_bootstrap, namespace, ledger_url, tmp_path):
+    (tmp_path / "img").mkdir()
+    for i, colour in enumerate(["red", "green", "blue"]):
+        (tmp_path / "img" / f"{i}.png").write_bytes(png(colour))
+    (tmp_path / "img" / "broken.png").write_bytes(b"not an image at all")
+    lines = [
+        json.dumps({"image": f"img/{i}.png", "prompt": f"What colour is shape {i}?", "reference": c})
+        for i, c in enumerate(["red", "green", "blue"])
+    ]
+    lines += [
+        "{not json",
+        json.dumps({"image": "img/missing.png", "prompt": "where?"}),
+        json.dumps({"image": "img/broken.png", "prompt": "what?"}),
+        json.dumps({"image": "../../etc/passwd", "prompt": "escape?"}),
+    ]
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    registry = write_registry(tmp_path / "registry.yaml", "http://127.0.0.1:9/v1", ["m1", "m2", "m3"], k=2)
+    env = service_env(
+        kafka_bootstrap,
+        namespace,
+        ledger_url,
+        VLF_BLOB_URL=str(tmp_path / "blobs"),
+        VLF_REGISTRY_PATH=str(registry),
+        COLUMNS="200",
+    )
+    result = _vlf(env, "submit", str(tmp_path / "batch.jsonl"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "published 3 instructions" in result.stdout
+    assert "batch.jsonl:4: invalid JSON" in result.stdout
+    assert "batch.jsonl:5" in result.stdout and "missing.png" in result.stdout
+    assert "batch.jsonl:6" in result.stdout and "batch.jsonl:7" in result.stdout
+    ledger = Ledger(ledger_url)
+    instructions = list(ledger.iter_facts(ev.Instruction))
+    assert len(instructions) == 3
+    assert all(len(i.models) == 2 and i.reference for i in instructions)
+    published = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.name, expect=3)
+    assert sorted(r.key.decode() for r in published) == sorted(i.instruction_id for i in instructions)
+
+    status = _vlf(env, "status", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    numbers = json.loads(status.stdout)
+    assert numbers["stages"]["submitted"] == ledger.count(ev.Instruction) == 3
+    assert numbers["stages"]["answered"] == ledger.count(ev.Response) == 0
