@@ -217,9 +217,13 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
             wait_for("DPO training", lambda: ledger.count(ev.Checkpoint), 1, size.timeout_s, progress)
             expected = 3 + 2  # tuned: greedy, preference, mme; base: greedy, mme
             wait_for("evaluation", lambda: ledger.count(ev.EvalResult), expected, size.timeout_s, progress)
+        from shared.report.data import gather_report, read_train_progress
         from shared.report.render import write_report
 
-        report = write_report(ledger, workdir / "report.html", demo_note=DEMO_NOTE)
+        dlq_sizes, _lag_by_group = kafka_numbers(settings)
+        progress = read_train_progress(settings)
+        data = gather_report(ledger, progress=progress, dlq_sizes=dlq_sizes, demo_note=True)
+        report = write_report(data, workdir / "report.html")
     finally:
         os.killpg(services.pid, signal.SIGTERM)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from shared.backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
@@ -26,7 +27,8 @@ class SamplerContext:
 def sample_seed(model: ModelEntry, instruction_id: str, index: int) -> int:
     """Per-sample seed: the entry's seed (or one derived from the instruction) plus the sample index,
     so n samples of one prompt differ and a rerun reproduces them."""
-    base = model.sampling.seed if model.sampling.seed is not None else int(instruction_id[:8], 16) % 2**31
+    derived = int(hashlib.sha256(instruction_id.encode()).hexdigest()[:8], 16) % 2**31
+    base = model.sampling.seed if model.sampling.seed is not None else derived
     return base + index
 
 

@@ -12,6 +12,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from shared import kafka_local
+from shared.cli.dlq_cmd import app as dlq_app
+from shared.cli.report_cmd import app as report_app
 from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.settings import CommonSettings
@@ -22,6 +24,8 @@ app = typer.Typer(
 )
 kafka_app = typer.Typer(help="The local single-node Kafka broker.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(report_app, name="report")
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 err = Console(stderr=True)
 

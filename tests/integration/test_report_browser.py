@@ -1,0 +1,223 @@
+"""``vlf report`` end to end: a real SQLite ledger in, one self-contained HTML file out, whose tables
+hold the ledger's numbers and which a real headless Chromium renders to a non-blank page."""
+
+from __future__ import annotations
+
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from shared.cli.report_cmd import app as report_app
+from shared.contracts import events as ev
+from shared.ledger import Ledger
+from shared.report.data import gather_report, read_train_progress
+from shared.report.render import write_report
+from shared.runtime.admin import EventPublisher
+from shared.settings import CommonSettings
+from tests import factories
+
+CHROMIUM = Path("/usr/bin/chromium")
+# model -> per instruction (helpfulness, faithfulness, ethics); 4 x the first triple, 2 x the second
+RATINGS = {"m-good": ((5, 4, 5), (4, 4, 5)), "m-bad": ((2, 1, 5), (1, 1, 5))}
+MARGINS = (3.0, 3.0, 3.0, 3.0, 2.67, 2.67)
+BASE = {"mme": {"perception": 1440.5, "cognition": 362.5, "total": 1803.0}, "mmhal": {"average": 2.89}}
+TUNED = {"mme": {"perception": 1539.6, "cognition": 397.1, "total": 1936.7}, "mmhal": {"average": 3.02}}
+
+
+class CellsById(HTMLParser):
+    """Text of every element that has an id (the report puts ids on the cells that hold numbers)."""
+
+    VOID = frozenset({"meta", "br", "img", "link", "hr", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, str] = {}
+        self._stack: list[tuple[str, str | None, list[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag not in self.VOID:
+            self._stack.append((tag, dict(attrs).get("id"), []))
+
+    def handle_data(self, data: str) -> None:
+        for _tag, _ident, parts in self._stack:
+            parts.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            open_tag, ident, parts = self._stack.pop()
+            if ident:
+                self.cells[ident] = " ".join("".join(parts).split())
+            if open_tag == tag:
+                return
+
+
+def _fill_ledger(ledger: Ledger) -> None:
+    facts: list[ev.Event] = []
+    for n in range(6):
+        inst = factories.instruction(n)
+        triples = {model: pair[0] if n < 4 else pair[1] for model, pair in RATINGS.items()}
+        annotation = factories.annotation(inst, triples)
+        if n < 2:
+            annotation = annotation.model_copy(update={"self_agreement": (0.9, 0.8)[n]})
+        facts += [inst, *(factories.response(inst, model) for model in RATINGS), annotation]
+        facts.append(
+            ev.Pair(
+                pair_id=f"pair-{n}",
+                instruction_id=inst.instruction_id,
+                prompt=inst.prompt,
+                image_uris=[],
+                chosen=ev.PairSide(response_id="a", model_id="m-good", text="good", score=4.67),
+                rejected=ev.PairSide(response_id="b", model_id="m-bad", text="bad", score=4.67 - MARGINS[n]),
+                margin=MARGINS[n],
+                strategy="vlfeedback",
+                judge_ids=["judge"],
+                split="train",
+            )
+        )
+    for name, benchmarks in (("base", BASE), ("tuned", TUNED)):
+        for benchmark, metrics in benchmarks.items():
+            facts.append(
+                ev.EvalResult(
+                    result_id=f"{name}-{benchmark}",
+                    eval_id=f"eval-{name}",
+                    model=ev.ModelRef(name=name, base_model="tiny-qwen2-vl"),
+                    benchmark=benchmark,
+                    status="completed",
+                    metrics=metrics,
+                )
+            )
+    facts.append(  # a failed run must not show up in the table
+        ev.EvalResult(
+            result_id="tuned-mme-failed",
+            eval_id="eval-tuned-old",
+            model=ev.ModelRef(name="tuned", base_model="tiny-qwen2-vl"),
+            benchmark="mme",
+            status="failed",
+            error="BenchmarkFormatError: broken file",
+        )
+    )
+    ledger.record(*facts)
+    ledger.create_job("dpo-1", "train", {})
+    final = _progress(20, status="completed")
+    ledger.update_job("dpo-1", status="completed", progress=final.model_dump(mode="json"))
+
+
+def _progress(step: int, status: str = "running") -> ev.TrainProgress:
+    return ev.TrainProgress(
+        job_id="dpo-1",
+        status=status,
+        step=step,
+        total_steps=20,
+        loss=0.69 - step * 0.014,
+        reward_margin=step * 0.065,
+        reward_accuracy=min(0.5 + step * 0.02, 0.9),
+    )
+
+
+def _cells(html: str) -> dict[str, str]:
+    parser = CellsById()
+    parser.feed(html)
+    return parser.cells
+
+
+def _screenshot(html_path: Path, tmp: Path) -> Image.Image:
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: install it with `bash tests/install-chromium.sh` (Debian's chromium package)"
+    )
+    png = tmp / "report.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            f"--screenshot={png}",
+            "--window-size=1280,2000",
+            html_path.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return Image.open(png).convert("RGB")
+
+
+def test_report_holds_the_ledger_numbers_and_renders(ledger_url, tmp_path):
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    _fill_ledger(ledger)
+    data = gather_report(ledger, progress=[_progress(s) for s in (5, 10, 15)], demo_note=True)
+    out = write_report(data, tmp_path / "out" / "report.html")
+    html = out.read_text()
+
+    assert (
+        "<script" not in html
+        and "<link" not in html
+        and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    ), "the report must be self-contained"
+    cells = _cells(html)
+    assert cells["count-instructions"] == "6" and cells["count-pairs"] == "6"
+    assert cells["count-responses"] == "12" and cells["count-annotations"] == "6"
+    assert "tiny, randomly initialised demo models" in cells["demo-note"]
+    # m-good helpfulness: 5,5,5,5,4,4; m-bad faithfulness: 1 x6; m-bad ethics: 5 x6
+    assert [cells[f"hist-m-good-helpfulness-{r}"] for r in range(1, 6)] == ["0", "0", "0", "2", "4"]
+    assert cells["mean-m-good-helpfulness"] == "4.67"
+    assert cells["mean-m-bad-helpfulness"] == "1.67"
+    assert (
+        cells["hist-m-bad-visual-faithfulness-1"] == "6" and cells["mean-m-bad-visual-faithfulness"] == "1.00"
+    )
+    assert cells["mean-m-bad-ethical-considerations"] == "5.00"
+    # position 0 is always m-good: (5+4+5)*4 + (4+4+5)*2 = 82 over 18 ratings
+    assert cells["bias-0"] == f"{82 / 18:.2f}" and cells["bias-1"] == f"{(8 * 4 + 7 * 2) / 18:.2f}"
+    assert cells["self-agreement"] == "0.850"
+    assert cells["margin-bin-5"] == "2" and cells["margin-bin-6"] == "4"  # [2.5, 3) and [3, 3.5)
+    assert cells["train-status-dpo-1"] == "completed" and cells["train-step-dpo-1"] == "20"
+    assert cells["train-loss-dpo-1"] == f"{0.69 - 20 * 0.014:.4f}"
+    assert cells["eval-base-mme_perception"] == "1440.5" and cells["eval-tuned-mme_perception"] == "1539.6"
+    assert cells["eval-change-mme_perception"] == "+6.9%"
+    assert cells["eval-change-mme_cognition"] == "+9.5%"
+    assert cells["eval-base-mmhal_score"] == "2.89" and cells["eval-tuned-mmhal_score"] == "3.02"
+    assert html.count("<polyline") == 3, "loss, reward margin and reward accuracy curves"
+    assert html.count("<svg") >= 3 + 1 + 1 + 3 + 3  # ratings, bias, margins, training, 3 eval metrics
+
+    image = _screenshot(out, tmp_path)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50, "the page rendered as (nearly) one colour"
+    pixels = image.width * image.height
+    non_white = sum(count for count, rgb in colours if min(rgb) < 240)
+    assert non_white / pixels > 0.03, f"only {non_white / pixels:.1%} of the page is not white"
+
+
+def test_report_command_reads_training_curves_from_kafka(kafka_bootstrap, namespace, ledger_url, tmp_path):
+    settings = CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_namespace=namespace)
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    _fill_ledger(ledger)
+    with EventPublisher(settings) as publisher:
+        publisher.publish([_progress(s) for s in (5, 10, 15, 20)])
+    assert [p.step for p in read_train_progress(settings)] == [5, 10, 15, 20]
+
+    out = tmp_path / "report.html"
+    env = {"VLF_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "VLF_TOPIC_NAMESPACE": namespace}
+    result = CliRunner().invoke(report_app, ["--out", str(out)], env={**env, "VLF_LEDGER_URL": ledger_url})
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    cells = _cells(html)
+    assert cells[f"dlq-{namespace}vlf.instructions.v1.dlq".lower()] == "0"
+    assert "demo-note" not in cells
+    assert html.count('<circle cx="') == 3 * 4, "four progress points on each of the three curves"
+
+    ledger_only = CliRunner().invoke(
+        report_app, ["--out", str(out), "--no-kafka"], env={"VLF_LEDGER_URL": ledger_url}
+    )
+    assert ledger_only.exit_code == 0, ledger_only.output
+    assert out.read_text().count('<circle cx="') == 3, "from the ledger alone: the last progress only"
