@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 import time
 import uuid
@@ -44,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shared.backends.base import SamplingParams
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
 from shared.blobs.images import ImagePolicy, load_image_source
-from shared.blobs.store import BlobStore, parse_blob_uri
+from shared.blobs.store import BlobStore, blob_uri, parse_blob_uri
 from shared.contracts import events as ev
 from shared.contracts.ids import annotation_id, response_id, stable_hash
 from shared.ledger import Ledger
@@ -57,7 +58,8 @@ RELEASED_ASPECT_ORDER = (
 )
 SOURCE_ID_KEY = "vlfeedback_id"
 IMG_PATH_KEY = "img_path"
-IMPORT_BATCH_RECORDS = 500
+IMPORT_BATCH_FACTS = 3000  # ~500 records of 4 answers per ledger transaction
+_BLOB_SUFFIX = re.compile(r"\.[a-z0-9]{1,16}")
 EXAMPLES_KEPT = 20
 
 _RATING_TYPE = pa.struct([("Rating", pa.string()), ("Rationale", pa.string())])
@@ -252,7 +254,7 @@ def import_vlfeedback(
             if facts:
                 report.records_imported += 1
                 pending.extend(facts)
-            if len(pending) >= IMPORT_BATCH_RECORDS * 6:
+            if len(pending) >= IMPORT_BATCH_FACTS:
                 report.facts_inserted += ledger.record(*pending)
                 pending.clear()
         if pending:
@@ -283,18 +285,21 @@ def _import_one(
             report.refused_images += 1
             report.note(f"{record_id}: image refused: {error}")
             return []
-        image_uris.append(blobs.put(data, suffix=_image_suffix(img_path)))
+        image_uris.append(blob_uri(data, suffix=_image_suffix(img_path)))
     try:
-        return record_facts(record, image_uris, judge_id)
+        facts = record_facts(record, image_uris, judge_id)
     except (KeyError, TypeError, ValueError, AttributeError) as error:  # ValidationError is a ValueError
         report.invalid_records += 1
         report.note(f"{record_id}: invalid record: {_short(error)}")
         return []
+    if image_uris:
+        blobs.put(data, suffix=_image_suffix(img_path))
+    return facts
 
 
 def _image_suffix(img_path: str) -> str:
     suffix = PurePosixPath(img_path).suffix.lower()
-    return suffix if suffix[1:].isalnum() and len(suffix) <= 17 else ""
+    return suffix if _BLOB_SUFFIX.fullmatch(suffix) else ""
 
 
 def _short(error: Exception) -> str:

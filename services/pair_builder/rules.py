@@ -27,6 +27,7 @@ number of judges.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from fractions import Fraction
 from itertools import combinations
 
@@ -95,7 +96,7 @@ class PairOutcome:
     capped: int = 0
 
 
-def latest_per_judge(annotations: list[ev.Annotation]) -> dict[str, ev.Annotation]:
+def one_per_judge(annotations: list[ev.Annotation]) -> dict[str, ev.Annotation]:
     """One annotation per judge: the one rating the most answers, then the newest, then the largest id."""
     chosen: dict[str, ev.Annotation] = {}
     for ann in annotations:
@@ -105,7 +106,7 @@ def latest_per_judge(annotations: list[ev.Annotation]) -> dict[str, ev.Annotatio
     return chosen
 
 
-def _coverage(ann: ev.Annotation) -> tuple[int, object, str]:
+def _coverage(ann: ev.Annotation) -> tuple[int, datetime, str]:
     return len(ann.rated), ann.created_at, ann.annotation_id
 
 
@@ -153,7 +154,7 @@ def build_pairs(
 
     The caller decides which judges count (see the handler); each needs an annotation here.
     """
-    by_judge = latest_per_judge([a for a in annotations if a.judge_id in judge_ids])
+    by_judge = one_per_judge([a for a in annotations if a.judge_id in judge_ids])
     missing = sorted(set(judge_ids) - set(by_judge))
     if missing:
         raise ValueError(f"no annotation from judges {missing} among {sorted(by_judge)}")

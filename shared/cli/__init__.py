@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from shared import kafka_local
+from shared.cli.dataset_cmd import export_app, import_command, stats_command
 from shared.cli.dlq_cmd import app as dlq_app
 from shared.cli.report_cmd import app as report_app
 from shared.ledger import Ledger
@@ -26,6 +27,9 @@ kafka_app = typer.Typer(help="The local single-node Kafka broker.", no_args_is_h
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(report_app, name="report")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(export_app, name="export")
+app.command("import")(import_command)
+app.command("stats")(stats_command)
 console = Console()
 err = Console(stderr=True)
 

@@ -166,11 +166,17 @@ def test_import_writes_ledger_facts_with_raw_ratings_and_is_idempotent(store, im
     second = import_vlfeedback(source, image_root, ledger, blobs, show_progress=False)
 
     assert first.facts_inserted == 3 + 10 + 3 and second.facts_inserted == 0
-    assert (ledger.count(ev.Instruction), ledger.count(ev.Response), ledger.count(ev.Annotation)) == (3, 10, 3)
+    assert (ledger.count(ev.Instruction), ledger.count(ev.Response), ledger.count(ev.Annotation)) == (
+        3,
+        10,
+        3,
+    )
     [annotation] = ledger.annotations_for("svit-detail-0001")
     assert annotation.judge_id == VLFEEDBACK_JUDGE
     fuyu = annotation.rated[3].ratings
-    assert fuyu[ev.Aspect.HELPFULNESS] == ev.AspectRating(rating=None, raw="N/A", rationale="fuyu-8b helpfulness")
+    assert fuyu[ev.Aspect.HELPFULNESS] == ev.AspectRating(
+        rating=None, raw="N/A", rationale="fuyu-8b helpfulness"
+    )
     assert fuyu[ev.Aspect.ETHICAL_CONSIDERATIONS].rating == 5
     assert blobs.get(annotation.instruction.image_uris[0]) == png("red")
     assert annotation.instruction.image_uris[0].endswith(".png")
@@ -223,7 +229,9 @@ def test_preference_export_is_trl_conversational_format_with_images(pair_dataset
     on_disk = datasets.load_from_disk(str(out / "dataset"))
     from_parquet = datasets.load_dataset("parquet", data_files=str(out / "train.parquet"), split="train")
 
-    assert report.records == len(on_disk) == len(from_parquet) == 3 + 5  # llava-conv-0003: a = c = 4 tie, b 3, d 8/3
+    assert (
+        report.records == len(on_disk) == len(from_parquet) == 3 + 5
+    )  # llava-conv-0003: a = c = 4 tie, b 3, d 8/3
     for dataset in (on_disk, from_parquet):
         row = next(r for r in dataset if r["chosen"][0]["content"][0]["text"] == "A red square on white.")
         assert row["prompt"] == [

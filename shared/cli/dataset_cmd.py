@@ -1,0 +1,111 @@
+"""``vlf import``, ``vlf export`` and ``vlf stats``: the dataset in and out, VLFeedback-compatible."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from shared.blobs.store import BlobStore
+from shared.ledger import Ledger
+from shared.settings import CommonSettings
+
+console = Console()
+export_app = typer.Typer(
+    help="Export pairs for TRL, or the whole dataset in the VLFeedback layout.", no_args_is_help=True
+)
+
+
+def _open() -> tuple[Ledger, BlobStore]:
+    settings = CommonSettings()
+    ledger = Ledger(settings.ledger_url)
+    ledger.migrate()
+    return ledger, BlobStore(settings.blob_url)
+
+
+def import_command(
+    path: Annotated[
+        Path, typer.Argument(help="VLFeedback-layout JSONL or Parquet (the released files or our export).")
+    ],
+    images: Annotated[Path, typer.Option(help="Folder that img_path values are relative to.")],
+    judge_id: Annotated[
+        str, typer.Option(help="Judge id the imported ratings are recorded under.")
+    ] = "vlfeedback-gpt4v",
+) -> None:
+    """Import instructions, answers and ratings into the ledger (idempotent: a re-run adds nothing)."""
+    from services.pair_builder.dataset_io import import_vlfeedback
+
+    ledger, blobs = _open()
+    report = import_vlfeedback(path, images, ledger, blobs, judge_id=judge_id)
+    console.print(
+        f"imported {report.records_imported} of {report.records_read} records "
+        f"({report.facts_inserted} new facts) in {report.seconds:.1f}s"
+    )
+    for problem in report.problems:
+        console.print(f"[yellow]problem[/] {problem}")
+    if report.invalid_records or report.missing_images:
+        raise typer.Exit(1)
+
+
+@export_app.command("vlfeedback")
+def export_vlfeedback_command(
+    out: Annotated[Path, typer.Argument(help="OUT.jsonl or OUT.parquet")],
+    images: Annotated[Path, typer.Option(help="Folder to write the images into.")],
+    judge_id: Annotated[str, typer.Option(help="Whose ratings to export.")] = "vlfeedback-gpt4v",
+) -> None:
+    """One record per instruction: id, prompt, models, img_path, completions with their annotations."""
+    from services.pair_builder.dataset_io import export_vlfeedback
+
+    ledger, blobs = _open()
+    report = export_vlfeedback(ledger, blobs, out, images, judge_id)
+    console.print(f"exported {report.records} records to {', '.join(report.paths)}")
+
+
+@export_app.command("trl")
+def export_trl_command(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the datasets copy and the Parquet file.")],
+    strategy: Annotated[str, typer.Option(help="Pair strategy.")] = "vlfeedback",
+    split: Annotated[str, typer.Option(help="train or heldout.")] = "train",
+    judge_id: Annotated[list[str] | None, typer.Option(help="Only pairs of these judges.")] = None,
+    push_to: Annotated[
+        str | None, typer.Option(help="Hugging Face dataset repo; token from HF_TOKEN.")
+    ] = None,
+) -> None:
+    """TRL's conversational preference format with images, accepted by DPOTrainer as is."""
+    from services.pair_builder.dataset_io import export_preference_dataset, push_to_hub
+
+    ledger, blobs = _open()
+    report = export_preference_dataset(
+        ledger, blobs, out_dir, strategy=strategy, split=split, judge_ids=judge_id
+    )
+    console.print(f"exported {report.records} pairs to {', '.join(report.paths)}")
+    if push_to:
+        token = os.environ.get("HF_TOKEN")
+        if not token:
+            console.print("[red]error:[/] --push-to needs HF_TOKEN in the environment")
+            raise typer.Exit(2)
+        console.print(f"pushed to {push_to_hub(out_dir / 'dataset', push_to, token)}")
+
+
+def stats_command(
+    strategy: Annotated[str, typer.Option(help="Pair strategy the pair counts use.")] = "vlfeedback",
+    min_margin: Annotated[float, typer.Option(help="For strategy min_margin.")] = 0.0,
+    judge_id: Annotated[list[str] | None, typer.Option(help="Only these judges' ratings.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per model mean ratings per aspect, rating histograms, pairs made, ties, skipped, margins."""
+    from services.pair_builder.rules import PairRule
+    from services.pair_builder.stats import collect_stats
+
+    ledger, _ = _open()
+    stats = collect_stats(
+        ledger, PairRule(strategy=strategy, min_margin=min_margin, judge_ids=tuple(judge_id or ()))
+    )
+    if as_json:
+        console.print_json(json.dumps(stats.model_dump(mode="json")))
+    else:
+        console.print(stats.model_dump(mode="json"))
