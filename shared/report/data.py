@@ -16,11 +16,11 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from pydantic import BaseModel, Field
 
-from shared.report.results_table import build_results_table
 from shared.contracts import events as ev
 from shared.contracts.topics import TRAIN_PROGRESS
 from shared.ledger import Ledger
 from shared.ledger.tables import JobRow
+from shared.report.results_table import build_results_table
 from shared.settings import CommonSettings
 
 RATING_LEVELS = (1, 2, 3, 4, 5)

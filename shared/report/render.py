@@ -8,8 +8,8 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from shared.report.results_table import COLUMNS
 from shared.report.data import RATING_LEVELS, ReportData
+from shared.report.results_table import COLUMNS
 from shared.report.svg import grouped_bar_chart, line_chart
 
 TEMPLATE = "template.html.j2"
