@@ -52,11 +52,14 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runtime.stop())
     stopped = threading.Event()
+    worker = threading.Thread(target=background, args=(runtime, stopped), name="background", daemon=True)
     if background is not None:
-        threading.Thread(target=background, args=(runtime, stopped), name="background", daemon=True).start()
+        worker.start()
     try:
         runtime.run()
     finally:
         stopped.set()
+        if background is not None:
+            worker.join(timeout=90)  # e.g. the job supervisor stopping its job processes
         server.should_exit = True
         http_thread.join(timeout=5)
