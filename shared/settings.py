@@ -18,6 +18,9 @@ from pydantic_settings import (
 )
 
 
+RECEIVE_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
+
+
 class YamlOverlaySettings(BaseSettings):
     """Base class: environment first, then the YAML file named by ``VLF_CONFIG_FILE`` (if any)."""
 
@@ -101,6 +104,9 @@ class CommonSettings(YamlOverlaySettings):
         config: dict = {
             "bootstrap_servers": self.kafka_bootstrap_servers.split(","),
             "security_protocol": self.kafka_security_protocol,
+            # A dead letter is a payload of up to the broker's message size plus our headers: read frames
+            # larger than kafka-python's 1,000,000-byte default so no DLQ reader chokes on one.
+            "receive_message_max_bytes": RECEIVE_MESSAGE_MAX_BYTES,
         }
         if self.kafka_sasl_mechanism:
             config["sasl_mechanism"] = self.kafka_sasl_mechanism
