@@ -17,7 +17,6 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-
 RECEIVE_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 
 
