@@ -58,10 +58,10 @@ def demo_train_request(base_model: Path) -> ev.TrainRequest:
             beta=0.1,
             loss_type=["sigmoid", "sft"],
             loss_weights=[1.0, 1.0],
-            learning_rate=1e-3,
-            warmup_ratio=0.0,
+            learning_rate=2e-3,
+            warmup_ratio=0.1,
             weight_decay=0.0,
-            epochs=5,
+            epochs=10,
             per_device_batch_size=8,
             gradient_accumulation_steps=1,
             bf16=False,
@@ -70,16 +70,17 @@ def demo_train_request(base_model: Path) -> ev.TrainRequest:
     )
 
 
-def build_models(models_dir: Path, examples: list[tuple[bytes, str, str]], console: Console) -> list[Path]:
-    """Four tiny Qwen2-VL models (different seeds), each warmed up on the answer format only."""
+def build_models(models_dir: Path, console: Console) -> list[Path]:
+    """Four tiny Qwen2-VL models (different seeds), each warmed up on the answer format only: answers
+    are random colour words, so each model answers with one colour word but at chance."""
+    from shared.demo_data import format_warm_up_examples
     from shared.tinymodels import build_tiny_vlm, warm_up_format
 
     paths = []
     for seed in range(SAMPLER_COUNT):
         path = models_dir / f"tiny-qwen-{seed}"
-        if not (path / "config.json").exists():
-            build_tiny_vlm("qwen2_vl", path, seed=seed)
-            warm_up_format(path, examples, steps=60, seed=seed, lr=3e-3)
+        build_tiny_vlm("qwen2_vl", path, seed=seed)
+        warm_up_format(path, format_warm_up_examples(256, seed), steps=120, seed=seed, lr=3e-3)
         paths.append(path)
     console.print(f"built {len(paths)} tiny models under {models_dir}")
     return paths
@@ -94,7 +95,7 @@ def write_registry(path: Path, model_paths: list[Path]) -> Registry:
                 "backend": "transformers",
                 "model": str(p),
                 "concurrency": 8,
-                "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 4},
+                "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 8},
             }
             for i, p in enumerate(model_paths)
         ],
@@ -147,7 +148,7 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
     started_broker = not kafka_local.broker_running(broker)
     bootstrap = kafka_local.start_broker(broker)
     data = build_demo_set(workdir / "data", n_train=size.train_images, n_eval=size.eval_images, seed=0)
-    models = build_models(workdir / "models", data.warmup_examples, console)
+    models = build_models(workdir / "models", console)
     registry = write_registry(workdir / "registry.yaml", models)
     env = {
         "VLF_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -165,7 +166,7 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
         "VLF_EVALUATOR_GREEDY_EVAL_PATH": str(data.greedy_eval),
         "VLF_EVALUATOR_MME_ROOT": str(data.mme_root),
         "VLF_EVALUATOR_MME_SUBTASKS": '["color", "existence"]',
-        "VLF_EVALUATOR_MAX_NEW_TOKENS": "4",
+        "VLF_EVALUATOR_MAX_NEW_TOKENS": "8",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",

@@ -12,12 +12,18 @@ CLI: ``python -m shared.tinymodels --family qwen2_vl --out .vlf/models/tiny-qwen
 from __future__ import annotations
 
 import argparse
+import io
+import random
 from pathlib import Path
 from typing import Literal
 
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BatchFeature,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlavaConfig,
@@ -38,6 +44,8 @@ Family = Literal["qwen2_vl", "llava"]
 FAMILIES: tuple[Family, ...] = ("qwen2_vl", "llava")
 
 VOCAB_SIZE = 768
+WARM_UP_BATCH_SIZE = 8
+VISION_TOWER_ATTRIBUTES = ("visual", "vision_tower", "vision_model")
 TEXT_HIDDEN = 64
 MAX_POSITIONS = 2048
 
@@ -242,6 +250,81 @@ def build_tiny_vlm(family: Family, out_dir: Path, *, seed: int = 0, corpus: list
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def warm_up_format(
+    model_dir: Path, examples: list[tuple[bytes, str, str]], *, steps: int, seed: int, lr: float
+) -> None:
+    """Teach a random-init model the answer format, in place: a short supervised fine-tune on
+    ``(image PNG/JPEG bytes, prompt, answer)`` examples, with the loss on the answer and its end-of-turn.
+
+    The demo passes random colour words as answers, so the model learns to reply with one colour word
+    and stop, yet stays at chance: every gain later measured comes from preference training. The
+    vision tower stays frozen, as in DPO: fitting random labels through it wipes out the colour in its
+    features, and the frozen tower of the DPO run could not win it back. Every other weight is trained
+    (AdamW, batches of ``WARM_UP_BATCH_SIZE`` reshuffled every pass); seconds on a CPU.
+    """
+    if not examples:
+        raise ValueError("the format warm-up needs at least one example")
+    torch.manual_seed(seed)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    for tower in vision_towers(model):
+        tower.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for batch in example_batches(examples, steps, random.Random(seed)):
+        loss = model(**answer_only_batch(processor, batch)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+
+
+def vision_towers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The vision encoder(s) under ``model.model``, whatever the family calls them."""
+    return [getattr(model.model, name) for name in VISION_TOWER_ATTRIBUTES if hasattr(model.model, name)]
+
+
+def example_batches(
+    examples: list[tuple[bytes, str, str]], steps: int, rng: random.Random
+) -> list[list[tuple[bytes, str, str]]]:
+    """``steps`` batches, drawn by passes over the shuffled examples (each pass shuffled anew)."""
+    batches: list[list[tuple[bytes, str, str]]] = []
+    while len(batches) < steps:
+        order = rng.sample(examples, len(examples))
+        batches.extend(order[i : i + WARM_UP_BATCH_SIZE] for i in range(0, len(order), WARM_UP_BATCH_SIZE))
+    return batches[:steps]
+
+
+def answer_only_batch(processor: ProcessorMixin, examples: list[tuple[bytes, str, str]]) -> BatchFeature:
+    """Model inputs for the chat ``user: image + prompt``, ``assistant: answer``, labels on the answer only.
+
+    The text ends at the assistant's end-of-turn token (what generation stops on); padding is on the
+    right so that each row's prompt is its first tokens.
+    """
+    tokenizer = processor.tokenizer
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data, _, _ in examples]
+    prompts, texts = [], []
+    for _, prompt, answer in examples:
+        user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        reply = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        full = processor.apply_chat_template(user + reply)
+        prompts.append(processor.apply_chat_template(user, add_generation_prompt=True))
+        texts.append(full[: full.rindex(tokenizer.eos_token) + len(tokenizer.eos_token)])
+    prompt_lengths = [
+        processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
+        for image, prompt in zip(images, prompts, strict=True)
+    ]
+    inputs = processor(images=images, text=texts, padding=True, padding_side="right", return_tensors="pt")
+    labels = inputs["input_ids"].clone()
+    labels[inputs["attention_mask"] == 0] = -100
+    for row, length in enumerate(prompt_lengths):
+        labels[row, :length] = -100
+    inputs["labels"] = labels
+    return inputs
 
 
 def main(argv: list[str] | None = None) -> None:

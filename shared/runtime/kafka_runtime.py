@@ -44,6 +44,7 @@ from shared.settings import CommonSettings
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], list[Event]]
+_Send = tuple[str, bytes | None, bytes | None, list]  # topic, key, value, headers
 
 LAG_INTERVAL_S = 5.0
 PUBLISH_TIMEOUT_S = 30.0
@@ -89,6 +90,8 @@ class KafkaRuntime:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._lanes: list[_Lane] = []
+        self._republish: queue.Queue = queue.Queue()
+        self._republish_thread = threading.Thread(target=self._republisher, name="republisher", daemon=True)
         self._last_tick = time.monotonic()
         self._produced_topic = {spec.model: spec for spec in definition.produces}
         self._ns = settings.topic_namespace
@@ -103,7 +106,7 @@ class KafkaRuntime:
         """Consume until ``stop()``; re-raises the error that made a handler crash."""
         self.ensure_topics()
         client = self.settings.kafka_client_config()
-        self._producer = KafkaProducer(**client, acks="all", linger_ms=5, retries=5, max_block_ms=10_000)
+        self._producer = KafkaProducer(**client, acks="all", linger_ms=1, retries=5, max_block_ms=10_000)
         self._consumer = KafkaConsumer(
             **client,
             group_id=self.definition.group_id,
@@ -119,6 +122,7 @@ class KafkaRuntime:
         self._lanes = [_Lane(self, i) for i in range(self.settings.max_in_flight)]
         for lane in self._lanes:
             lane.start()
+        self._republish_thread.start()
         log.info(
             "runtime started",
             extra={"group": self.definition.group_id, "topics": list(self.definition.routes)},
@@ -249,10 +253,22 @@ class KafkaRuntime:
         return "ok"
 
     def _drain(self, timeout_s: float) -> None:
-        """Wait until every lane finished what it holds (or the timeout passed)."""
+        """Wait until every lane finished what it holds and its outputs are acknowledged."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(lane.busy() for lane in self._lanes):
             time.sleep(0.02)
+        self._flush(deadline)
+        while time.monotonic() < deadline and not self._republish.empty():
+            time.sleep(0.02)
+
+    def _flush(self, deadline: float) -> None:
+        """Wait for outstanding acks (their callbacks finish offsets); a broker outage just ends the wait."""
+        if self._producer is None:
+            return
+        try:
+            self._producer.flush(timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaError as exc:
+            log.warning("flush incomplete (%s); unacknowledged messages will be redelivered", exc)
 
     def _shutdown(self) -> None:
         """Let lanes finish the messages they hold (so committed offsets have no gaps and nothing is
@@ -263,6 +279,10 @@ class KafkaRuntime:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         for lane in self._lanes:
             lane.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._flush(deadline)
+        self._republish.put(None)
+        if self._republish_thread.is_alive():
+            self._republish_thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._abandon.set()
         for lane in self._lanes:
             lane.join(timeout=30)
@@ -287,12 +307,12 @@ class KafkaRuntime:
             self._process(record, spec, handler, started, attempts)
 
     def _process(self, record, spec: TopicSpec, handler: Handler, started: float, attempts: int) -> None:  # noqa: ANN001
+        sends: list[_Send] = []
         try:
             while True:
                 attempts += 1
                 try:
-                    outputs = handler(decode(spec, record.value))
-                    self._publish(outputs)
+                    sends = self._sends_for(handler(decode(spec, record.value)))
                     break
                 except RetryableError as exc:
                     self._count_failure(record.topic, exc)
@@ -317,24 +337,81 @@ class KafkaRuntime:
             self._abandon.set()
             self._stopping.set()
             return
+        if sends:
+            self._publish_then_finish(record, sends, started)
+        else:
+            self._finish(record, started, [])
+
+    def _finish(self, record, started: float, sends: list[_Send]) -> None:  # noqa: ANN001
+        """The message is done (outputs acknowledged): its offset may now be committed."""
+        for name, *_ in sends:
+            self.metrics.produced.labels(self.definition.name, name).inc()
         self.metrics.handler_seconds.labels(self.definition.name, record.topic).observe(
             time.monotonic() - started
         )
         self._tracker.finished((record.topic, record.partition), record.offset)
 
+    def _publish_then_finish(self, record, sends: list[_Send], started: float) -> None:  # noqa: ANN001
+        """Send without waiting: the lane moves on, and the offset is finished from the producer's ack
+        callbacks. A failed send goes to the republisher, which retries until the broker takes it."""
+        assert self._producer is not None
+        state = {"remaining": len(sends), "failed": False}
+        lock = threading.Lock()
+
+        def acked(_metadata: object) -> None:
+            with lock:
+                state["remaining"] -= 1
+                done = state["remaining"] == 0 and not state["failed"]
+            if done:
+                self._finish(record, started, sends)
+
+        def failed(exc: BaseException) -> None:
+            with lock:
+                if state["failed"]:
+                    return
+                state["failed"] = True
+            log.warning("publish failed (%s); handing over to the republisher", exc)
+            self._republish.put((record, sends, started))
+
+        for name, key, value, headers in sends:
+            try:
+                future = self._producer.send(name, key=key, value=value, headers=headers)
+            except KafkaError as exc:
+                failed(exc)
+                return
+            future.add_callback(acked)
+            future.add_errback(failed)
+
+    def _republisher(self) -> None:
+        """Re-send outputs whose first send failed, waiting for acks, until they go through or we stop."""
+        while True:
+            item = self._republish.get()
+            if item is None:
+                return
+            record, sends, started = item
+            try:
+                self._send_acknowledged(sends)
+            except _Abandoned:
+                continue  # not finished: the message is redelivered after the restart
+            self._finish(record, started, sends)
+
     def _count_failure(self, topic_name: str, exc: BaseException) -> None:
         self.metrics.failed.labels(self.definition.name, topic_name, type(exc).__name__).inc()
 
     def _publish(self, outputs: list[Event]) -> None:
-        sends = []
+        sends = self._sends_for(outputs)
+        self._send_acknowledged(sends)
+        for name, *_ in sends:
+            self.metrics.produced.labels(self.definition.name, name).inc()
+
+    def _sends_for(self, outputs: list[Event]) -> list[_Send]:
+        sends: list[_Send] = []
         for event in outputs:
             spec = self._produced_topic.get(type(event))
             if spec is None:
                 raise TypeError(f"{self.definition.name} does not declare a topic for {type(event).__name__}")
             sends.append((self._ns + spec.name, spec.key(event).encode(), encode(event), []))
-        self._send_acknowledged(sends)
-        for name, *_ in sends:
-            self.metrics.produced.labels(self.definition.name, name).inc()
+        return sends
 
     def _dead_letter(self, record, error: BaseException, attempts: int) -> None:  # noqa: ANN001
         headers = dlq_headers(
@@ -351,7 +428,7 @@ class KafkaRuntime:
         self._send_acknowledged([(dlq, record.key, record.value, headers)])
         self.metrics.dead_lettered.labels(self.definition.name, record.topic).inc()
 
-    def _send_acknowledged(self, sends: list[tuple[str, bytes | None, bytes | None, list]]) -> None:
+    def _send_acknowledged(self, sends: list[_Send]) -> None:
         """Send and wait for the broker's acks; while the broker is away, keep trying until stopped."""
         assert self._producer is not None
         backoff = 0.5
