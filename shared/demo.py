@@ -44,7 +44,9 @@ class DemoSize(BaseModel):
 
 
 FULL = DemoSize(train_images=96, eval_images=80, timeout_s=900)
-QUICK = DemoSize(train_images=64, eval_images=40, timeout_s=600)
+QUICK = DemoSize(train_images=96, eval_images=40, timeout_s=600)
+SAMPLES_PER_MODEL = 2  # 4 models x 2 samples at temperature 1: enough right and wrong answers to pair
+HELDOUT_FRACTION = "0.1"  # the paper holds out 0.5%; a 96-image demo needs more to measure anything
 
 
 def demo_train_request(base_model: Path) -> ev.TrainRequest:
@@ -62,7 +64,7 @@ def demo_train_request(base_model: Path) -> ev.TrainRequest:
             warmup_ratio=0.1,
             weight_decay=0.0,
             epochs=10,
-            per_device_batch_size=8,
+            per_device_batch_size=4,
             gradient_accumulation_steps=1,
             bf16=False,
             gradient_checkpointing=False,
@@ -159,6 +161,7 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
         "VLF_MAX_IN_FLIGHT": "1",
         "VLF_COMMIT_INTERVAL_S": "0.5",
         "VLF_ANNOTATOR_GATHER_TIMEOUT_S": "120",
+        "VLF_PAIRS_HELDOUT_FRACTION": HELDOUT_FRACTION,
         "VLF_TRAINER_CHECKPOINT_DIR": str(workdir / "checkpoints"),
         "VLF_TRAINER_JOB_LOG_DIR": str(workdir / "jobs" / "train"),
         "VLF_EVALUATOR_JOB_LOG_DIR": str(workdir / "jobs" / "eval"),
@@ -194,12 +197,17 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
     ledger = Ledger(settings.ledger_url)
     ledger.migrate()
     try:
-        records = list(read_jsonl(data.instructions))
+        records = [
+            (where, record.model_copy(update={"samples_per_model": SAMPLES_PER_MODEL}))
+            for where, record in read_jsonl(data.instructions)
+        ]
         outcome = submit_records(
             records, base_dir=data.instructions.parent, settings=settings, registry=registry
         )
         n = len(outcome.published)
-        console.print(f"submitted {n} instructions, each answered by {SAMPLER_COUNT} models")
+        console.print(
+            f"submitted {n} instructions, each answered {SAMPLES_PER_MODEL} times by {SAMPLER_COUNT} models"
+        )
         with Progress(console=console) as progress:
             wait_for(
                 "answers", lambda: ledger.count(ev.Response), n * SAMPLER_COUNT, size.timeout_s, progress

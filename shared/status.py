@@ -57,10 +57,18 @@ def kafka_numbers(settings: CommonSettings) -> tuple[dict[str, int], dict[str, i
         for group, _protocol in admin.list_consumer_groups():
             if not group.startswith("vlf-"):
                 continue
-            offsets = admin.list_consumer_group_offsets(group)
-            mine = {tp: o for tp, o in offsets.items() if tp in ends}
-            if mine:
-                lag[group] = sum(max(0, ends[tp] - o.offset) for tp, o in mine.items())
+            committed = {
+                tp: o.offset for tp, o in admin.list_consumer_group_offsets(group).items() if tp in ends
+            }
+            if not committed:
+                continue
+            # Partitions of the group's topics it has not committed yet count from their start.
+            group_topics = {tp.topic for tp in committed}
+            lag[group] = sum(
+                max(0, end - committed.get(tp, starts.get(tp, 0)))
+                for tp, end in ends.items()
+                if tp.topic in group_topics
+            )
         return dlq_sizes, lag
     finally:
         consumer.close()
