@@ -139,7 +139,7 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
     """Run the loop; every process the demo starts is stopped before it returns."""
     from shared.demo_data import build_demo_set
     from shared.status import kafka_numbers
-    from shared.submit import read_jsonl, submit_records
+    from shared.submit import SubmitRecord, read_jsonl, submit_records
 
     workdir = workdir.resolve()
     if workdir.exists():
@@ -199,6 +199,8 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
     try:
         records = [
             (where, record.model_copy(update={"samples_per_model": SAMPLES_PER_MODEL}))
+            if isinstance(record, SubmitRecord)
+            else (where, record)
             for where, record in read_jsonl(data.instructions)
         ]
         outcome = submit_records(
