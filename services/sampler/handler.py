@@ -75,7 +75,6 @@ def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Re
     as they are (a redelivery after a crash never calls the model again)."""
     if ctx.model.id not in assigned_models(event.models, ctx.registry, event.instruction_id):
         return []
-    ctx.ledger.record(event)
     done = [r for r in ctx.ledger.responses_for(event.instruction_id) if r.model_id == ctx.model.id]
     if len(done) >= event.samples_per_model:
         return sorted(done, key=lambda r: r.sample_index)[: event.samples_per_model]
@@ -88,5 +87,5 @@ def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Re
         to_response(event, ctx.model.id, i, req.params, res)
         for i, (req, res) in enumerate(zip(requests, results, strict=True))
     ]
-    ctx.ledger.record(*responses)
+    ctx.ledger.record(event, *responses)  # one transaction: SQLite serialises writers
     return responses
