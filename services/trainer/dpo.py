@@ -33,7 +33,6 @@ from transformers import (
     ProcessorMixin,
     TrainerCallback,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer
 
 from services.trainer.logps import completion_logps, fused_log_probs
@@ -302,6 +301,27 @@ def save_artifact(trainer: DPOTrainer, config: DpoJobConfig, artifact_dir: Path)
     return kind
 
 
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written. The Trainer writes ``trainer_state.json``
+    after the weights, optimizer, scheduler and RNG state, so a process killed mid-save leaves a
+    folder without a readable one, and resuming from it would fail on every restart."""
+    if not output_dir.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in output_dir.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()),
+        key=lambda p: int(p.name.removeprefix("checkpoint-")),
+        reverse=True,
+    )
+    for candidate in candidates:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("skipping incomplete checkpoint %s", candidate)
+            continue
+        return str(candidate)
+    return None
+
+
 def train(
     pairs: list[PairRecord],
     config: DpoJobConfig,
@@ -320,7 +340,7 @@ def train(
     pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     callbacks = [ProgressReporter(on_progress, pairs_per_step)] if on_progress else None
     trainer = build_trainer(pairs, config, args, callbacks=callbacks, cache_dir=cache_dir)
-    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    last_checkpoint = last_complete_checkpoint(output_dir)
     if last_checkpoint:
         log.info("resuming from %s", last_checkpoint)
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
