@@ -5,30 +5,11 @@ Imported only when a registry entry asks for ``backend: vllm``; the ``gpu`` extr
 
 from __future__ import annotations
 
-import base64
 import time
 
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import ContextLengthError, PermanentBackendError
-
-
-def _data_url(image: bytes) -> str:
-    mime = "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
-
-
-def to_openai_messages(request: GenerationRequest) -> list[dict]:
-    """OpenAI chat messages with the request's images as data-URL parts in the first user turn."""
-    messages: list[dict] = []
-    images_placed = False
-    for message in request.messages:
-        if message.role == "user" and not images_placed and request.images:
-            parts = [{"type": "image_url", "image_url": {"url": _data_url(img)}} for img in request.images]
-            messages.append({"role": "user", "content": [*parts, {"type": "text", "text": message.text}]})
-            images_placed = True
-        else:
-            messages.append({"role": message.role, "content": message.text})
-    return messages
+from shared.backends.openai_http import build_messages
 
 
 class VllmBackend:
@@ -43,7 +24,7 @@ class VllmBackend:
         from vllm import SamplingParams as VllmSampling
 
         started = time.monotonic()
-        conversations = [to_openai_messages(r) for r in requests]
+        conversations = [build_messages(r) for r in requests]
         params = [
             VllmSampling(
                 temperature=r.params.temperature,
