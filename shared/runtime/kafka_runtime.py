@@ -140,7 +140,8 @@ class KafkaRuntime:
         if self._consumer is None:
             return False
         name = self._ns + topic_name
-        partitions = sorted(self._consumer.partitions_for_topic(name) or [])
+        # Cached metadata only: KafkaConsumer is not thread-safe, and this runs off the poll thread.
+        partitions = sorted(self._consumer._client.cluster.partitions_for_topic(name) or [])
         if not partitions:
             return False
         partition = DefaultPartitioner()(key.encode(), partitions, partitions)
