@@ -31,8 +31,11 @@ import torch
 from services.annotator.verifiable import match_reference, rate_with_reference
 from services.trainer.dpo import DpoJobConfig, PairRecord, train
 from services.trainer.implicit_reward import preference_accuracy
+from services.trainer.job import dpo_config as job_dpo_config
+from services.trainer.settings import TrainerSettings
 from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
 from shared.backends.transformers_local import TransformersBackend
+from shared.demo import demo_train_request
 from shared.demo_data import build_demo_set, format_warm_up_examples
 from shared.tinymodels import build_tiny_vlm, warm_up_format
 
@@ -47,25 +50,16 @@ GOAL_PREFERENCE_ACCURACY = 0.9
 
 
 def dpo_config(base_model: Path, loss_type: list[str], seed: int) -> DpoJobConfig:
-    """The recipe the demo's TrainRequest should carry."""
-    return DpoJobConfig(
-        base_model=str(base_model),
-        use_lora=False,
-        beta=0.1,
-        loss_type=loss_type,
-        loss_weights=[1.0, 1.0] if len(loss_type) == 2 else None,
-        learning_rate=2e-3,
-        lr_scheduler_type="cosine",
-        warmup_ratio=0.1,
-        weight_decay=0.0,
-        num_train_epochs=10,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=1,
-        max_length=None,
-        gradient_checkpointing=False,
-        seed=seed,
-        save_steps=10_000,
+    """The demo's own recipe (``shared.demo.demo_train_request``), converted as the trainer converts it,
+    with only the losses and the seed varied: the bench measures what ``make demo`` trains."""
+    request = demo_train_request(base_model)
+    hparams = request.hparams.model_copy(
+        update={"loss_type": loss_type, "loss_weights": [1.0] * len(loss_type), "seed": seed}
     )
+    config = job_dpo_config(
+        request.model_copy(update={"hparams": hparams}), TrainerSettings(save_steps=10_000)
+    )
+    return config.model_copy(update={"max_length": None})
 
 
 @dataclass(frozen=True)
