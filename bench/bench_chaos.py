@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from bench.bench_runtime import free_port_pair
+from shared.kafka_local import free_ports
 from tests.chaos.driver import ChaosPlan, run_chaos
 
 
@@ -26,7 +26,7 @@ def main(
     plan = ChaosPlan(instructions=instructions, batches=max(12, instructions // 50), min_kills=kills)
     with tempfile.TemporaryDirectory(prefix="vlf-chaos-") as work:
         report = run_chaos(
-            plan, Path(work), free_port_pair(), stall_bound_s=stall_bound, timeout_s=timeout, progress=print
+            plan, Path(work), free_ports(2), stall_bound_s=stall_bound, timeout_s=timeout, progress=print
         )
     print(
         f"finished in {report.seconds:.0f}s; kills {len(report.kills)}; "

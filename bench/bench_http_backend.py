@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,22 +27,17 @@ import uvloop
 
 from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
 from shared.backends.openai_http import OpenAIHttpBackend, build_completion_kwargs
+from shared.kafka_local import free_ports
 
 MODEL = "bench-model"
 # (concurrency, number of requests): ten full waves of the concurrency (twenty at 1).
 RUNS = ((1, 20), (16, 200), (64, 640))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def server_process(latency_s: float) -> Iterator[str]:
     """The test server in a child process; yields its base URL once ``/v1/models`` answers."""
-    port = free_port()
+    port = free_ports()
     command = [sys.executable, "-m", "shared.openai_test_server", "--port", str(port)]
     command += ["--latency", str(latency_s), "--model", MODEL]
     process = subprocess.Popen(command)

@@ -17,7 +17,6 @@ started for the run unless ``--bootstrap`` names one.
 from __future__ import annotations
 
 import contextlib
-import socket
 import tempfile
 import threading
 import time
@@ -34,22 +33,11 @@ from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import decode, encode
 from shared.contracts.ids import response_id
-from shared.kafka_local import KAFKA_VERSION, BrokerConfig, start_broker, stop_broker
+from shared.kafka_local import KAFKA_VERSION, BrokerConfig, free_ports, start_broker, stop_broker
 from shared.ledger import Ledger
 from shared.runtime.admin import ensure_topics
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
 from shared.settings import CommonSettings
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 (the broker's controller) both free."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
 
 
 @contextlib.contextmanager
@@ -59,7 +47,7 @@ def local_broker(bootstrap: str | None) -> Iterator[str]:
         yield bootstrap
         return
     with tempfile.TemporaryDirectory(prefix="vlf-bench-kafka-") as data_dir:
-        cfg = BrokerConfig(port=free_port_pair(), data_dir=Path(data_dir))
+        cfg = BrokerConfig(port=free_ports(2), data_dir=Path(data_dir))
         try:
             yield start_broker(cfg)
         finally:

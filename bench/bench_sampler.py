@@ -23,7 +23,6 @@ from shared.contracts import events as ev  # noqa: E402
 from shared.ledger import Ledger  # noqa: E402
 from shared.runtime.admin import EventPublisher  # noqa: E402
 from shared.settings import CommonSettings  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests.integration.kafka_helpers import service_env, start_process, wait_until  # noqa: E402
 from tests.integration.pipeline_helpers import write_registry  # noqa: E402
 
@@ -77,9 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sampler-") as tmp_name:
         tmp = Path(tmp_name)
-        broker = kafka_local.BrokerConfig(port=free_port(), data_dir=tmp / "kafka")
+        broker = kafka_local.BrokerConfig(port=kafka_local.free_ports(2), data_dir=tmp / "kafka")
         bootstrap = kafka_local.start_broker(broker)
-        port = free_port()
+        port = kafka_local.free_ports()
         server = subprocess.Popen(
             [
                 sys.executable,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import shutil
 import signal
 import socket
@@ -312,6 +313,29 @@ def broker_running(cfg: BrokerConfig) -> bool:
     """True when the process named by the pid file is this config's broker and still alive."""
     pid = _read_pid(cfg)
     return pid is not None and _is_our_broker(pid, cfg)
+
+
+def free_ports(count: int = 1, low: int = 20000, high: int = 32000) -> int:
+    """A port p such that p .. p+count-1 are free now (a broker needs 2: its controller is p+1).
+
+    Picked below the kernel's ephemeral range (32768+ on Linux), unlike binding to port 0: an
+    outgoing connection can take an ephemeral port while a broker or server restarts on it, which
+    failed a broker restart in CI with "Address already in use".
+    """
+    for _ in range(200):
+        port = random.randrange(low, high - count)
+        if all(port_bindable(candidate) for candidate in range(port, port + count)):
+            return port
+    raise BrokerError(f"no {count} consecutive free ports in [{low}, {high})")
+
+
+def port_bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(port: int) -> bool:

@@ -5,7 +5,6 @@ one this session starts on a free port and stops at the end. Never a guess."""
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -14,27 +13,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> str:
     named = os.environ.get("VLF_TEST_KAFKA_BOOTSTRAP")
     if named:
         yield named
         return
-    from shared.kafka_local import BrokerConfig, start_broker, stop_broker
+    from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 
-    port = free_port()
-    while True:  # the controller listens on port+1
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port + 1)) != 0:
-                break
-        port = free_port()
-    cfg = BrokerConfig(port=port, data_dir=tmp_path_factory.mktemp("kafka"))
+    cfg = BrokerConfig(port=free_ports(2), data_dir=tmp_path_factory.mktemp("kafka"))
     yield start_broker(cfg)
     stop_broker(cfg)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 
+from shared.kafka_local import free_ports
 from tests.chaos.driver import ChaosPlan, run_chaos
-from tests.integration.test_kafka_local import free_port_pair
 
 
 def test_pipeline_survives_kills_broker_restart_and_poison(tmp_path):
     plan = ChaosPlan(instructions=int(os.environ.get("VLF_CHAOS_INSTRUCTIONS", "120")), min_kills=12)
-    report = run_chaos(plan, tmp_path, free_port_pair(), stall_bound_s=60, timeout_s=330, progress=print)
+    report = run_chaos(plan, tmp_path, free_ports(2), stall_bound_s=60, timeout_s=330, progress=print)
     print(
         f"chaos: {report.seconds:.0f}s, {report.end_state.counts}, kills {[k.service for k in report.kills]}"
     )

@@ -1,6 +1,5 @@
 """The local broker manager against a real broker: start, serve a consumer group, restart, keep offsets."""
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,8 @@ from shared.kafka_local import (
     BrokerError,
     broker_running,
     fetch_jars,
+    free_ports,
+    port_bindable,
     restart_broker,
     start_broker,
     stop_broker,
@@ -21,26 +22,6 @@ from shared.kafka_local import (
 
 TOPIC = "vlf.test.kafka-local.v1"
 GROUP = "vlf-test-kafka-local"
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 (the controller) are both free right now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port < 65535 and _bindable(port) and _bindable(port + 1):
-            return port
-    raise RuntimeError("no free port pair found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def poll_until(consumer: KafkaConsumer, count: int, timeout_s: float = 30) -> list[bytes]:
@@ -62,7 +43,7 @@ def committed_offsets(bootstrap: str) -> dict[TopicPartition, int]:
 
 @pytest.fixture
 def broker_config(tmp_path: Path) -> Iterator[BrokerConfig]:
-    cfg = BrokerConfig(port=free_port_pair(), data_dir=tmp_path / "kafka")
+    cfg = BrokerConfig(port=free_ports(2), data_dir=tmp_path / "kafka")
     yield cfg
     stop_broker(cfg)
 
@@ -135,7 +116,7 @@ def test_stop_ends_the_process_and_frees_the_port(broker_config: BrokerConfig) -
 
     assert not broker_running(broker_config)
     assert not broker_config.pid_file.exists()
-    assert _bindable(broker_config.port)
+    assert port_bindable(broker_config.port)
     stop_broker(broker_config)  # stopping a stopped broker is harmless
 
 

@@ -17,7 +17,6 @@ from shared.contracts.codec import encode
 from shared.ledger import Ledger
 from shared.runtime.dlq import read_dlq_headers
 from tests import factories
-from tests.conftest import free_port
 from tests.integration.kafka_helpers import (
     consume_all,
     create_topics,
@@ -199,12 +198,11 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_probes_report_real_state_and_readiness_follows_the_broker(namespace, ledger_url, ledger, tmp_path):
-    from shared.kafka_local import BrokerConfig, start_broker, stop_broker
+    from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 
-    port = free_port()
-    cfg = BrokerConfig(port=port, data_dir=tmp_path / "own-kafka")
+    cfg = BrokerConfig(port=free_ports(2), data_dir=tmp_path / "own-kafka")
     bootstrap = start_broker(cfg)
-    http_port = free_port()
+    http_port = free_ports()
     env = service_env(
         bootstrap,
         namespace,
