@@ -7,6 +7,7 @@ Run: ``python -m bench.bench_chaos [--instructions 2000] [--kills 40]``; exits 1
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,10 +25,11 @@ def main(
 ) -> None:
     """Print progress, the end-state counts and every problem found."""
     plan = ChaosPlan(instructions=instructions, batches=max(12, instructions // 50), min_kills=kills)
-    with tempfile.TemporaryDirectory(prefix="vlf-chaos-") as work:
-        report = run_chaos(
-            plan, Path(work), free_ports(2), stall_bound_s=stall_bound, timeout_s=timeout, progress=print
-        )
+    work = Path(tempfile.mkdtemp(prefix="vlf-chaos-"))
+    print(f"work dir (service logs, ledger; removed after a clean run): {work}")
+    report = run_chaos(
+        plan, work, free_ports(2), stall_bound_s=stall_bound, timeout_s=timeout, progress=print
+    )
     print(
         f"finished in {report.seconds:.0f}s; kills {len(report.kills)}; "
         f"broker restarts {report.broker_restarts}"
@@ -37,6 +39,7 @@ def main(
         print(f"PROBLEM: {line}")
     if report.service_failures or report.end_state.problems:
         raise typer.Exit(1)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"{instructions / report.seconds:.2f} instructions/s end to end under chaos")
 
 

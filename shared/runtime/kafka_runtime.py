@@ -207,12 +207,25 @@ class KafkaRuntime:
                 next_lag = now + LAG_INTERVAL_S
 
     def _apply_backpressure(self) -> None:
+        """Pause each partition holding its share of ``max_buffered`` unfinished messages.
+
+        A share per partition, not one pause for all: the fetcher serves partitions in a fixed order
+        and drops what it fetched for paused ones, so pausing everything whenever the buffer filled
+        let the first partitions refill it each time and starved the last one for good (found by
+        the 2,000-instruction chaos run's stall detector).
+        """
         assert self._consumer is not None
         assignment = self._consumer.assignment()
-        if self._tracker.in_flight() >= self.settings.max_buffered:
-            self._consumer.pause(*assignment)
-        elif self._consumer.paused():
-            self._consumer.resume(*self._consumer.paused())
+        if not assignment:
+            return
+        share = max(1, self.settings.max_buffered // len(assignment))
+        held = self._tracker.in_flight_by_partition()
+        full = {tp for tp in assignment if held.get((tp.topic, tp.partition), 0) >= share}
+        paused = self._consumer.paused()
+        if full - paused:
+            self._consumer.pause(*(full - paused))
+        if paused - full:
+            self._consumer.resume(*(paused - full))
 
     def _commit(self) -> None:
         ready = self._tracker.take_committable()

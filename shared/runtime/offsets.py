@@ -55,6 +55,10 @@ class OffsetTracker:
         with self._lock:
             return sum(len(p.pending) for p in self._partitions.values())
 
+    def in_flight_by_partition(self) -> dict[TopicPartitionKey, int]:
+        with self._lock:
+            return {tp: len(p.pending) for tp, p in self._partitions.items() if p.pending}
+
     def forget(self, tps: list[TopicPartitionKey]) -> None:
         with self._lock:
             for tp in tps:

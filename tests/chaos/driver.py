@@ -235,6 +235,7 @@ class ChaosDriver(threading.Thread):
     settings: CommonSettings
     batches: list[list[ev.Instruction]]
     poison: list[tuple[bytes, bytes | None]]
+    on_restart: Callable[[str | None], None] = lambda group: None  # group (None: the broker)
     kills: list[Kill] = field(default_factory=list)
     broker_restarts: int = 0
     error: BaseException | None = None
@@ -268,9 +269,11 @@ class ChaosDriver(threading.Thread):
                 self.kills.append(Kill(victim, time.time()))
                 time.sleep(rng.uniform(*self.plan.restart_after_s))
                 self.fleet.start(victim)
+                self.on_restart(self.fleet.services[victim].group)
             if len(self.kills) == self.plan.broker_restart_after_kills and not self.broker_restarts:
                 restart_broker(self.broker)
                 self.broker_restarts += 1
+                self.on_restart(None)
 
     def _publish(self, batch: list[ev.Instruction]) -> None:
         """Publish with retries: a broker restart may be in its last seconds."""
@@ -540,7 +543,16 @@ def run_chaos(
         for name in fleet.services:
             fleet.start(name)
         stall = StallDetector(bootstrap, fleet.groups(), bound_s=stall_bound_s)
-        driver = ChaosDriver(plan, fleet, broker, settings, batches, poison)
+        tracker = stall.tracker
+        driver = ChaosDriver(
+            plan,
+            fleet,
+            broker,
+            settings,
+            batches,
+            poison,
+            on_restart=lambda group: tracker.restarted(group, time.monotonic()),
+        )
         driver.start()
         deadline = started + timeout_s
         last_report = 0.0

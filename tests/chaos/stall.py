@@ -4,6 +4,8 @@ kafka-python consumers have been seen to sit silent after a broker restart or a 
 and no error. The chaos suite samples every group's committed offsets against the end offsets
 (once a second); a partition that has lag and whose committed offset did not move for longer than
 ``bound_s`` raises ``ConsumerStalled`` naming the group, partition, lag and how long it waited.
+The clock of a group starts again when its service is restarted (and for every group when the
+broker is): time spent dead or rejoining after a SIGKILL is the plan's doing, not a stall.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class StallTracker:
     def __init__(self, bound_s: float) -> None:
         self.bound_s = bound_s
         self._progress: dict[tuple[str, TopicPartition], _Progress] = {}
+        self._restarted: dict[str | None, float] = {}  # group (None: all) -> when its clock restarted
+
+    def restarted(self, group: str | None, now: float) -> None:
+        """``group``'s consumer (None: the broker) was restarted at ``now``; safe from another thread."""
+        self._restarted[group] = now
 
     def observe(self, lags: list[PartitionLag], now: float) -> None:
         """Record one sample; raise ``ConsumerStalled`` for the longest-stalled lagging partition."""
@@ -54,8 +61,10 @@ class StallTracker:
             seen = self._progress.get(key)
             if seen is None or lag.committed != seen.committed or lag.lag == 0:
                 self._progress[key] = _Progress(lag.committed, now)
-            elif now - seen.since > self.bound_s:
-                stalled.append((now - seen.since, lag))
+            else:
+                since = max(seen.since, self._restarted.get(lag.group, 0.0), self._restarted.get(None, 0.0))
+                if now - since > self.bound_s:
+                    stalled.append((now - since, lag))
         if stalled:
             waited, lag = max(stalled, key=lambda s: s[0])
             raise ConsumerStalled(

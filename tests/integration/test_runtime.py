@@ -243,3 +243,55 @@ def _get(url: str) -> int:
         return httpx.get(url, timeout=5).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_a_full_buffer_never_starves_a_partition(kafka_bootstrap, namespace, ledger_url):
+    """Every partition has a backlog and the handler is slower than the fetcher: each partition
+    must still make progress (pausing all partitions when the buffer filled starved the last one)."""
+    import threading
+    import time
+
+    from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
+    from shared.settings import CommonSettings
+
+    name = namespace + topics.INSTRUCTIONS.name
+    create_topics(kafka_bootstrap, [name, name + ".dlq"], partitions=6)
+    events = [factories.instruction(i) for i in range(1200)]
+    produce(kafka_bootstrap, name, [(topics.INSTRUCTIONS.key(e).encode(), encode(e)) for e in events])
+    handled: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def slow(event: ev.Instruction) -> list[ev.Event]:
+        time.sleep(0.004)
+        return []
+
+    settings = CommonSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_namespace=namespace,
+        ledger_url=ledger_url,
+        max_in_flight=2,
+        max_buffered=12,
+    )
+    definition = ServiceDefinition(
+        name="fairness", group_id=f"{namespace}fairness", routes={topics.INSTRUCTIONS.name: slow}, produces=()
+    )
+    runtime = KafkaRuntime(definition, settings)
+    original = runtime.process
+
+    def counting(record) -> None:  # noqa: ANN001
+        with lock:
+            handled[record.partition] = handled.get(record.partition, 0) + 1
+        original(record)
+
+    runtime.process = counting
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: sum(handled.values()) >= 400, 120, "a third of the backlog handled")
+        with lock:
+            per_partition = dict(handled)
+    finally:
+        runtime.stop()
+        thread.join(timeout=60)
+    assert sorted(per_partition) == list(range(6)), f"partitions never served: {per_partition}"
+    assert min(per_partition.values()) >= 20, per_partition

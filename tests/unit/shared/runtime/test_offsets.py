@@ -51,3 +51,14 @@ def test_dlq_headers_keep_originals_and_replace_earlier_failures():
     assert parsed["error.class"] == "KeyError"
     assert parsed["attempts"] == "1"
     assert len([h for h in second if h[0] == "vlf.dlq.error.class"]) == 1
+
+
+def test_in_flight_is_counted_per_partition():
+    tracker = OffsetTracker()
+    other = ("vlf.responses.v1", 1)
+    for offset in (0, 1, 2):
+        tracker.started(TP, offset)
+    tracker.started(other, 7)
+    tracker.finished(TP, 1)  # done but behind an unfinished one: still held
+    tracker.finished(other, 7)
+    assert tracker.in_flight_by_partition() == {TP: 3}
