@@ -1,11 +1,13 @@
 """Long jobs (training, evaluation) run outside the consumer's poll loop, in their own processes.
 
 The consumer only records a request in the ledger (status ``queued``) and commits. A supervisor
-thread in the service starts one process per job (``python -m <module> --job-id ID``), so a crash
-of the job never kills the service. The ledger is the truth: a job the ledger says is queued or
-running but that has no live process here (the service restarted) is started again, and the job
-resumes from its last checkpoint. A job process marks itself ``completed`` or ``failed`` (with the
-reason); one that dies without doing so is retried up to ``max_attempts`` times, then marked failed.
+thread in the service starts each job through a launcher: a local process
+(``python -m <module> --job-id ID``) or a Kubernetes Job (``shared.k8s_jobs``), so a crash of the
+job never kills the service. The ledger is the truth: a job the ledger says is queued or running but
+that the launcher reports as not running (the process died, the service restarted, the Kubernetes
+Job ended) is started again, and the job resumes from its last checkpoint. A job marks itself
+``completed`` or ``failed`` (with the reason); one that ends without doing so is retried up to
+``max_attempts`` times, then marked failed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from shared.ledger import Ledger
 
@@ -26,62 +29,81 @@ log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
 
 
+class JobLauncher(Protocol):
+    """Where job runs live. ``running`` must see runs started before a service restart where it can."""
+
+    def start(self, job_id: str, attempt: int) -> None: ...
+
+    def running(self) -> set[str]: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class LocalProcessLauncher:
+    """Each run is a child process of the service; they stop with it and are started again after."""
+
+    module: str  # the job's entry point, run as `python -m <module> --job-id ID`
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, job_id: str, attempt: int) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_dir / f"{job_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        self._processes[job_id] = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--job-id", job_id],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.extra_env},
+        )
+        log.info("started job %s attempt %d (pid %d)", job_id, attempt, self._processes[job_id].pid)
+
+    def running(self) -> set[str]:
+        for job_id, process in list(self._processes.items()):
+            code = process.poll()
+            if code is not None:
+                del self._processes[job_id]
+                log.info("job %s exited with %d (log: %s)", job_id, code, self.log_dir / f"{job_id}.log")
+        return set(self._processes)
+
+    def stop(self) -> None:
+        for process in self._processes.values():
+            process.terminate()
+        for process in self._processes.values():
+            process.wait(timeout=60)
+
+
 @dataclass
 class JobSupervisor:
     ledger: Ledger
     kind: str
-    module: str  # the job's entry point, run as `python -m <module> --job-id ID`
-    log_dir: Path
+    launcher: JobLauncher
     max_attempts: int = 3
     max_parallel: int = 1
     on_failed: Callable[[str, str], None] = lambda job_id, reason: None
-    extra_env: dict[str, str] = field(default_factory=dict)
-    _running: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def run(self, stopped: threading.Event, interval_s: float = 1.0) -> None:
-        """Supervise until ``stopped`` is set; then stop the job processes (they resume later)."""
+        """Supervise until ``stopped`` is set, then stop the launcher (its jobs resume later)."""
         try:
             while not stopped.wait(interval_s):
                 self.tick()
         finally:
-            for process in self._running.values():
-                process.terminate()
-            for process in self._running.values():
-                process.wait(timeout=60)
+            self.launcher.stop()
 
     def tick(self) -> None:
-        self._reap()
+        running = self.launcher.running()
+        busy = len(running)
         for job in self.ledger.jobs(kind=self.kind):
-            if job.status not in ACTIVE or job.id in self._running:
+            if job.status not in ACTIVE or job.id in running:
                 continue
-            if len(self._running) >= self.max_parallel:
-                return
             if job.attempts >= self.max_attempts:
-                reason = (
-                    f"gave up after {job.attempts} attempts that ended without a result (see {self.log_dir})"
-                )
+                reason = f"gave up after {job.attempts} attempts that ended without a result (see its logs)"
                 self.ledger.update_job(job.id, status="failed", error=reason)
                 self.on_failed(job.id, reason)
                 continue
-            self._start(job.id)
-
-    def _start(self, job_id: str) -> None:
-        self.ledger.update_job(job_id, add_attempt=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_dir / f"{job_id}.log", "ab")  # noqa: SIM115 - owned by the child
-        env = {**os.environ, **self.extra_env}
-        self._running[job_id] = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--job-id", job_id],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        log.info("started %s job %s (pid %d)", self.kind, job_id, self._running[job_id].pid)
-
-    def _reap(self) -> None:
-        for job_id, process in list(self._running.items()):
-            code = process.poll()
-            if code is None:
+            if busy >= self.max_parallel:
                 continue
-            del self._running[job_id]
-            log.info("%s job %s exited with %d", self.kind, job_id, code)
+            self.ledger.update_job(job.id, add_attempt=True)
+            self.launcher.start(job.id, job.attempts + 1)
+            busy += 1

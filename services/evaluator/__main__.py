@@ -18,7 +18,7 @@ from services.evaluator.handler import (
 )
 from services.evaluator.settings import EvaluatorSettings
 from shared.contracts.topics import CHECKPOINTS, EVAL_REQUESTS, EVAL_RESULTS
-from shared.jobs import JobSupervisor
+from shared.jobs import JobSupervisor, LocalProcessLauncher
 from shared.ledger import Ledger
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
 from shared.runtime.service import serve
@@ -43,8 +43,7 @@ def supervise_jobs(
     supervisor = JobSupervisor(
         ledger,
         kind=EVAL_JOB_KIND,
-        module=JOB_MODULE,
-        log_dir=settings.job_log_dir,
+        launcher=LocalProcessLauncher(module=JOB_MODULE, log_dir=settings.job_log_dir),
         max_attempts=settings.max_attempts,
         on_failed=partial(publish_failure, ledger, runtime),
     )

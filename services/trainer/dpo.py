@@ -143,7 +143,7 @@ class ProgressReporter(TrainerCallback):
         self.first_step = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
-        if not logs or "loss" not in logs:
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
         elapsed = time.perf_counter() - self.started
         steps_done = max(state.global_step - self.first_step, 1)
@@ -291,13 +291,17 @@ def build_trainer(
 
 
 def save_artifact(trainer: DPOTrainer, config: DpoJobConfig, artifact_dir: Path) -> ArtifactKind:
+    """Called on every process of a multi-GPU run (``save_model`` gathers); the first one writes."""
+    main_process = trainer.is_world_process_zero()
     if config.use_lora and config.merge_adapter:
-        trainer.model.merge_and_unload().save_pretrained(artifact_dir)
+        if main_process:
+            trainer.model.merge_and_unload().save_pretrained(artifact_dir)
         kind: ArtifactKind = "merged"
     else:
         trainer.save_model(str(artifact_dir))
         kind = "adapter" if config.use_lora else "merged"
-    trainer.processing_class.save_pretrained(artifact_dir)
+    if main_process:
+        trainer.processing_class.save_pretrained(artifact_dir)
     return kind
 
 

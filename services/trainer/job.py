@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 from services.trainer.dataset import pair_records, select_pairs
@@ -67,15 +68,21 @@ def run_job(job_id: str, common: CommonSettings, settings: TrainerSettings) -> N
     if job is None:
         raise SystemExit(f"no training job {job_id!r} in the ledger")
     request = ev.TrainRequest.model_validate(job.request)
-    ledger.update_job(job_id, status="running")
+    # accelerate (the chart's Job) starts one process per GPU; only the first reports and records.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        ledger.update_job(job_id, status="running")
     with EventPublisher(common) as publisher:
         try:
             checkpoint = train(request, ledger, BlobStore(common.blob_url), publisher, settings)
         except JobFailed as exc:
             reason = str(exc)
-            ledger.update_job(job_id, status="failed", error=reason)
-            publisher.publish([ev.TrainProgress(job_id=job_id, status="failed", error=reason)])
             log.error("training job %s failed: %s", job_id, reason)
+            if main_process:
+                ledger.update_job(job_id, status="failed", error=reason)
+                publisher.publish([ev.TrainProgress(job_id=job_id, status="failed", error=reason)])
+            return
+        if not main_process:
             return
         ledger.record(checkpoint)
         publisher.publish([checkpoint])

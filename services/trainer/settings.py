@@ -1,8 +1,11 @@
 """Trainer settings (env prefix ``VLF_TRAINER_``)."""
 
-from pathlib import Path
+from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import YamlOverlaySettings
@@ -23,3 +26,17 @@ class TrainerSettings(YamlOverlaySettings):
         50, ge=1, description="Checkpoint interval in optimizer steps (resume granularity)."
     )
     allow_cpu_bf16: bool = Field(False, description="bf16 is used only on GPU unless this is set.")
+    launcher: Literal["process", "kubernetes"] = Field(
+        "process",
+        description="Where jobs run: child processes of the service, or one Kubernetes Job per run.",
+    )
+    job_template_path: Path | None = Field(
+        None, description="kubernetes launcher: the Job manifest template (the chart mounts it)."
+    )
+    namespace: str = Field("default", description="kubernetes launcher: where the Jobs are created.")
+
+    @model_validator(mode="after")
+    def _kubernetes_needs_a_template(self) -> TrainerSettings:
+        if self.launcher == "kubernetes" and self.job_template_path is None:
+            raise ValueError("launcher=kubernetes needs VLF_TRAINER_JOB_TEMPLATE_PATH (the Job template)")
+        return self

@@ -172,3 +172,46 @@ def test_a_trainer_killed_mid_job_resumes_it(kafka_bootstrap, namespace, ledger_
     assert checkpoint.metrics["steps"] == 8
     log = (tmp_path / "jobs" / "resume-me.log").read_text()
     assert "resuming from" in log and "checkpoint-" in log
+
+
+def test_the_charts_multi_process_launch_trains_once_and_reports_once(
+    kafka_bootstrap, namespace, ledger_url, tmp_path, tiny_models
+):
+    """The Kubernetes Job's command (`accelerate launch -m services.trainer.job`), with 2 processes on
+    CPU (gloo) instead of DeepSpeed on GPUs: one artifact, one checkpoint event, one completed job."""
+    import subprocess
+    import sys
+
+    from shared.kafka_local import free_ports
+
+    pipeline, ledger = _setup(kafka_bootstrap, namespace, ledger_url, tmp_path)
+    request = _request("two-procs", str(tiny_models["qwen2_vl"]), max_steps=2)
+    assert ledger.create_job(request.job_id, "train", request.model_dump(mode="json"))
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+        "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n"
+        f"main_process_ip: 127.0.0.1\nmain_process_port: {free_ports()}\nrdzv_backend: static\n"
+        "same_network: true\n"
+    )
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    result = subprocess.run(
+        [*launch, "-m", "services.trainer.job", "--job-id", request.job_id],
+        env={**pipeline.env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    job = ledger.job(request.job_id)
+    assert job.status == "completed", job.error
+    [checkpoint] = ledger.iter_facts(ev.Checkpoint)
+    assert checkpoint.metrics["steps"] == 2
+    events = consume_all(kafka_bootstrap, namespace + topics.CHECKPOINTS.name, expect=1, timeout_s=10)
+    assert len(events) == 1
+    progress = [
+        json.loads(r.value)
+        for r in consume_all(kafka_bootstrap, namespace + topics.TRAIN_PROGRESS.name, timeout_s=10)
+    ]
+    assert [p["status"] for p in progress].count("completed") == 1
+    assert _generates(checkpoint)

@@ -402,6 +402,45 @@ def test_trainer_may_manage_jobs_and_its_job_template_trains_on_eight_gpus(
     )
 
 
+def test_the_trainer_launches_runs_from_the_mounted_job_template_as_valid_jobs(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    from services.trainer.__main__ import TRAINER_JOB_ID_ENV
+    from shared.k8s_jobs import JOB_ID_ANNOTATION, KubernetesJobLauncher
+
+    objects = rendered["prod-gpu"]
+    (trainer,) = of_kind(objects, "Deployment", "trainer")
+    pod = trainer["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["VLF_TRAINER_LAUNCHER"] == "kubernetes"
+    assert env["VLF_TRAINER_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "job-template")
+    assert Path(env["VLF_TRAINER_JOB_TEMPLATE_PATH"]).parent == Path(mount["mountPath"])
+    template = tmp_path / "job.yaml"
+    (configmap,) = [o for o in objects if o["metadata"]["name"].endswith("-trainer-job")]
+    template.write_text(configmap["data"]["job.yaml"])
+
+    created: list[dict[str, Any]] = []
+
+    class RecordingApi:  # stands in for the API server: this test checks the manifests only
+        def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> None:
+            created.append(body)
+
+    launcher = KubernetesJobLauncher(template, NAMESPACE, TRAINER_JOB_ID_ENV, api=RecordingApi())
+    launcher.start("dpo-run/2026-11 silkie", 1)
+    launcher.start("dpo-run/2026-11 silkie", 2)
+    first, second = created
+    for job in created:
+        validate_object(job)
+        assert len(job["metadata"]["name"]) <= 63 and "generateName" not in job["metadata"]
+        assert job["spec"]["template"]["metadata"]["annotations"][JOB_ID_ANNOTATION] == "dpo-run/2026-11 silkie"
+        assert env_of(job["spec"]["template"]["spec"]["containers"][0])[TRAINER_JOB_ID_ENV] == (
+            "dpo-run/2026-11 silkie"
+        )
+    assert first["metadata"]["name"] != second["metadata"]["name"]
+    assert first["metadata"]["name"].startswith(training_job(objects)["metadata"]["generateName"])
+
+
 def test_keda_scales_each_sampler_and_judge_on_its_own_consumer_group(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:

@@ -1,0 +1,183 @@
+"""The job supervisor's rules (start, restart, give up, parallelism) and the Kubernetes launcher's
+view of its Jobs. The ledger is a real SQLite file; the launchers' backends are stand-ins here (the
+real child processes run in the trainer and evaluator integration tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from shared.jobs import JobSupervisor, LocalProcessLauncher
+from shared.k8s_jobs import JOB_ID_ANNOTATION, KubernetesJobLauncher, job_manifest
+from shared.ledger import Ledger
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    led.migrate()
+    yield led
+    led.close()
+
+
+@dataclass
+class ScriptedLauncher:
+    """Runs nothing; the test says which jobs are still running."""
+
+    started: list[tuple[str, int]] = field(default_factory=list)
+    alive: set[str] = field(default_factory=set)
+
+    def start(self, job_id: str, attempt: int) -> None:
+        self.started.append((job_id, attempt))
+        self.alive.add(job_id)
+
+    def running(self) -> set[str]:
+        return set(self.alive)
+
+    def stop(self) -> None:
+        self.alive.clear()
+
+
+def test_a_job_that_ends_without_a_result_is_started_again_then_given_up(ledger: Ledger) -> None:
+    launcher = ScriptedLauncher()
+    failures: list[tuple[str, str]] = []
+    supervisor = JobSupervisor(
+        ledger, "train", launcher, max_attempts=2, on_failed=lambda *failure: failures.append(failure)
+    )
+    ledger.create_job("j1", "train", {})
+
+    supervisor.tick()
+    supervisor.tick()  # still running: not started twice
+    assert launcher.started == [("j1", 1)]
+
+    launcher.alive.clear()  # died without marking itself completed or failed
+    supervisor.tick()
+    assert launcher.started == [("j1", 1), ("j1", 2)]
+
+    launcher.alive.clear()
+    supervisor.tick()
+    assert launcher.started == [("j1", 1), ("j1", 2)]
+    job = ledger.job("j1")
+    assert job is not None and job.status == "failed" and "2 attempts" in (job.error or "")
+    assert failures == [("j1", job.error)]
+
+
+def test_finished_jobs_are_left_alone_and_parallelism_is_capped(ledger: Ledger) -> None:
+    launcher = ScriptedLauncher()
+    supervisor = JobSupervisor(ledger, "train", launcher, max_parallel=1)
+    for job_id in ("a", "b", "c"):
+        ledger.create_job(job_id, "train", {})
+    ledger.create_job("other-kind", "eval", {})
+    ledger.update_job("a", status="completed")
+
+    supervisor.tick()
+    assert [job_id for job_id, _ in launcher.started] == ["b"]
+    ledger.update_job("b", status="completed")
+    launcher.alive.clear()
+    supervisor.tick()
+    assert [job_id for job_id, _ in launcher.started] == ["b", "c"]
+
+
+def test_a_run_found_alive_after_a_restart_is_not_started_again(ledger: Ledger) -> None:
+    ledger.create_job("j1", "train", {})
+    ledger.update_job("j1", status="running", add_attempt=True)
+    launcher = ScriptedLauncher(alive={"j1"})  # e.g. a Kubernetes Job created before the restart
+    JobSupervisor(ledger, "train", launcher).tick()
+    assert launcher.started == []
+
+
+def test_local_processes_are_seen_until_they_exit(tmp_path: Path) -> None:
+    module_dir = tmp_path / "mods"
+    module_dir.mkdir()
+    (module_dir / "quick_job.py").write_text("import sys\nprint('job', sys.argv[1:])\n")
+    launcher = LocalProcessLauncher(
+        module="quick_job", log_dir=tmp_path / "logs", extra_env={"PYTHONPATH": str(module_dir)}
+    )
+    launcher.start("j1", 1)
+    assert launcher.running() == {"j1"}
+    launcher._processes["j1"].wait(timeout=30)
+    assert launcher.running() == set()
+    assert "job ['--job-id', 'j1']" in (tmp_path / "logs" / "j1.log").read_text()
+
+
+TEMPLATE = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"generateName": "vlf-trainer-run-", "labels": {"app": "vlf"}},
+    "spec": {
+        "template": {
+            "metadata": {"labels": {"app": "vlf"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "train", "image": "vlf", "env": [{"name": "JOB_ID", "value": ""}]}],
+            },
+        }
+    },
+}
+
+
+def k8s_job(job_id: str, *conditions: str) -> SimpleNamespace:
+    return SimpleNamespace(
+        metadata=SimpleNamespace(annotations={JOB_ID_ANNOTATION: job_id}),
+        status=SimpleNamespace(conditions=[SimpleNamespace(type=c, status="True") for c in conditions]),
+    )
+
+
+@dataclass
+class FakeBatchApi:
+    jobs: list[SimpleNamespace] = field(default_factory=list)
+    create_error: ApiException | None = None
+    selectors: list[str] = field(default_factory=list)
+
+    def create_namespaced_job(self, namespace: str, body: dict) -> None:
+        if self.create_error:
+            raise self.create_error
+
+    def list_namespaced_job(self, namespace: str, label_selector: str) -> SimpleNamespace:
+        self.selectors.append(label_selector)
+        return SimpleNamespace(items=self.jobs)
+
+
+def launcher_with(api: FakeBatchApi, tmp_path: Path) -> KubernetesJobLauncher:
+    template = tmp_path / "job.yaml"
+    template.write_text(yaml.safe_dump(TEMPLATE))
+    return KubernetesJobLauncher(template, "vlf", "JOB_ID", api=api)
+
+
+def test_kubernetes_jobs_count_as_running_until_complete_or_failed(tmp_path: Path) -> None:
+    api = FakeBatchApi(jobs=[k8s_job("pending"), k8s_job("done", "Complete"), k8s_job("broke", "Failed")])
+    assert launcher_with(api, tmp_path).running() == {"pending"}
+    assert api.selectors == ["vlf.io/job-key"]
+
+
+def test_a_run_created_before_a_restart_is_not_an_error_but_other_api_errors_are(tmp_path: Path) -> None:
+    launcher = launcher_with(
+        FakeBatchApi(create_error=ApiException(status=409, reason="AlreadyExists")), tmp_path
+    )
+    launcher.start("j1", 1)
+    launcher.api.create_error = ApiException(status=403, reason="Forbidden")
+    with pytest.raises(ApiException):
+        launcher.start("j1", 2)
+
+
+def test_a_template_without_the_job_id_env_fails_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="JOB_ID"):
+        job_manifest(TEMPLATE, "j1", 1, "VLF_TRAINER_JOB_ID")
+    template = tmp_path / "job.yaml"
+    template.write_text(yaml.safe_dump(TEMPLATE))
+    with pytest.raises(ValueError, match="OTHER_ENV"):
+        KubernetesJobLauncher(template, "vlf", "OTHER_ENV", api=FakeBatchApi())
+
+
+def test_the_template_is_not_modified_by_building_runs() -> None:
+    before = yaml.safe_dump(TEMPLATE)
+    manifest = job_manifest(TEMPLATE, "j1", 3, "JOB_ID")
+    assert yaml.safe_dump(TEMPLATE) == before
+    assert manifest["metadata"]["name"].startswith("vlf-trainer-run-j1-") and manifest["metadata"][
+        "name"
+    ].endswith("-a3")
