@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 tools:
 	bash k8s/install-tools.sh
+	bash k8s/install-apiserver.sh
 	bash tests/install-chromium.sh
 
 lint: setup

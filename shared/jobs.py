@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")
 
 
+class UnlaunchableJob(Exception):
+    """The launcher refused the run for good (e.g. the cluster rejects the Job): the job fails."""
+
+
 class JobLauncher(Protocol):
     """Where job runs live. ``running`` must see runs started before a service restart where it can."""
 
@@ -84,10 +88,17 @@ class JobSupervisor:
     on_failed: Callable[[str, str], None] = lambda job_id, reason: None
 
     def run(self, stopped: threading.Event, interval_s: float = 1.0) -> None:
-        """Supervise until ``stopped`` is set, then stop the launcher (its jobs resume later)."""
+        """Supervise until ``stopped`` is set, then stop the launcher (its jobs resume later).
+
+        An error in one round (ledger or cluster API unreachable) is logged and the next round runs:
+        the supervisor never dies while the service looks healthy.
+        """
         try:
             while not stopped.wait(interval_s):
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("%s job supervision round failed; retrying", self.kind)
         finally:
             self.launcher.stop()
 
@@ -98,12 +109,18 @@ class JobSupervisor:
             if job.status not in ACTIVE or job.id in running:
                 continue
             if job.attempts >= self.max_attempts:
-                reason = f"gave up after {job.attempts} attempts that ended without a result (see its logs)"
-                self.ledger.update_job(job.id, status="failed", error=reason)
-                self.on_failed(job.id, reason)
+                self._fail(job.id, f"gave up after {job.attempts} attempts that ended without a result")
                 continue
             if busy >= self.max_parallel:
                 continue
-            self.ledger.update_job(job.id, add_attempt=True)
-            self.launcher.start(job.id, job.attempts + 1)
+            try:
+                self.launcher.start(job.id, job.attempts + 1)
+            except UnlaunchableJob as exc:
+                self._fail(job.id, f"cannot be started: {exc}")
+                continue
+            self.ledger.update_job(job.id, add_attempt=True)  # counted once it really started
             busy += 1
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        self.ledger.update_job(job_id, status="failed", error=reason)
+        self.on_failed(job_id, reason)

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
+from shared.jobs import UnlaunchableJob
 
 log = logging.getLogger(__name__)
 
 JOB_KEY_LABEL = "vlf.io/job-key"  # a hash: job ids need not be valid label values
 JOB_ID_ANNOTATION = "vlf.io/job-id"
+REJECTED = {400, 422}  # malformed or invalid: the same request will never be accepted
 MAX_NAME = 63  # the Job controller copies the name into a pod label, so the label limit applies
 
 
@@ -58,6 +62,10 @@ def job_manifest(template: dict[str, Any], job_id: str, attempt: int, job_id_env
         for env in container.get("env", []):
             if env["name"] == job_id_env:
                 env["value"] = job_id
+        for section in ("limits", "requests"):  # the client types quantities as strings; YAML's 8 is an int
+            quantities = (container.get("resources") or {}).get(section) or {}
+            for name, value in quantities.items():
+                quantities[name] = str(value)
     return manifest
 
 
@@ -98,11 +106,15 @@ class KubernetesJobLauncher:
         manifest = job_manifest(self._template, job_id, attempt, self.job_id_env)
         try:
             self.api.create_namespaced_job(self.namespace, manifest)
+        except ValidationError as exc:  # the client's own check of the manifest
+            raise UnlaunchableJob(f"invalid Job manifest: {exc}") from exc
         except ApiException as exc:
-            if exc.status != 409:
-                raise
-            log.info("Job %s already exists (created before a restart)", manifest["metadata"]["name"])
-            return
+            if exc.status == 409:
+                log.info("Job %s already exists (created before a restart)", manifest["metadata"]["name"])
+                return
+            if exc.status in REJECTED:
+                raise UnlaunchableJob(f"the API server rejected the Job ({exc.status}): {exc.body}") from exc
+            raise  # unreachable, overloaded or throttled: the supervisor tries again next round
         log.info("created Job %s for job %s attempt %d", manifest["metadata"]["name"], job_id, attempt)
 
     def running(self) -> set[str]:

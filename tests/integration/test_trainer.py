@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
 from shared.blobs.store import BlobStore
@@ -215,3 +216,76 @@ def test_the_charts_multi_process_launch_trains_once_and_reports_once(
     ]
     assert [p["status"] for p in progress].count("completed") == 1
     assert _generates(checkpoint)
+
+
+def test_on_kubernetes_each_run_is_a_job_that_survives_trainer_restarts(
+    kafka_bootstrap, namespace, ledger_url, tmp_path
+):
+    """The trainer with the chart's settings against a real API server (etcd + kube-apiserver; no
+    kubelet, so the test writes each Job's end state): one Job per run from the chart's template, no
+    second run beside a live one after a restart, a new run when one ends without a result, and a
+    failed job after max_attempts."""
+    import time
+
+    from kubernetes import client
+
+    from shared.k8s_jobs import JOB_ID_ANNOTATION
+    from tests.integration.control_plane import control_plane
+    from tests.unit.k8s.test_chart import NAMESPACE, VALUES_FILES, render, training_job
+
+    template = tmp_path / "job.yaml"
+    template.write_text(yaml.safe_dump(training_job(render([VALUES_FILES["prod-gpu"]]))))
+    pipeline, ledger = _setup(kafka_bootstrap, namespace, ledger_url, tmp_path)
+    try:
+        with control_plane(tmp_path / "k8s") as cluster:
+            cluster.core_api().create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE))
+            )
+            batch = cluster.batch_api()
+
+            def runs() -> list:
+                jobs = batch.list_namespaced_job(NAMESPACE).items
+                return sorted(jobs, key=lambda job: int(job.metadata.name.rsplit("-a", 1)[1]))  # attempt
+
+            env = {
+                "VLF_TRAINER_LAUNCHER": "kubernetes",
+                "VLF_TRAINER_JOB_TEMPLATE_PATH": str(template),
+                "VLF_TRAINER_NAMESPACE": NAMESPACE,
+                "VLF_TRAINER_MAX_ATTEMPTS": "2",
+                "KUBECONFIG": str(cluster.kubeconfig),
+            }
+            trainer = pipeline.start("services.trainer", "trainer-1", **env)
+            with EventPublisher(pipeline.settings) as publisher:
+                publisher.publish([_request("on-k8s", "Qwen/Qwen2-VL-7B-Instruct")])
+            wait_until(lambda: len(runs()) == 1, 60, "the first run's Job")
+            [first] = runs()
+            assert first.metadata.annotations[JOB_ID_ANNOTATION] == "on-k8s"
+            container = first.spec.template.spec.containers[0]
+            assert container.command[:2] == ["accelerate", "launch"]
+            assert {e.name: e.value for e in container.env}["VLF_TRAINER_JOB_ID"] == "on-k8s"
+            assert container.resources.limits["nvidia.com/gpu"] == "8"
+
+            os.killpg(trainer.pid, signal.SIGKILL)  # the trainer pod dies; its Job keeps running
+            trainer.wait(timeout=30)
+            pipeline.start("services.trainer", "trainer-2", **env)
+            time.sleep(10)  # several supervisor ticks of the new trainer
+            assert [job.metadata.name for job in runs()] == [first.metadata.name]
+            assert ledger.job("on-k8s").attempts == 1
+
+            cluster.end_job(first.metadata.name, NAMESPACE, "Failed")  # e.g. the node was lost
+            wait_until(lambda: len(runs()) == 2, 60, "a second run after the first ended without a result")
+            second = runs()[1]
+            assert second.metadata.name.endswith("-a2") and ledger.job("on-k8s").attempts == 2
+
+            cluster.end_job(second.metadata.name, NAMESPACE, "Failed")
+            wait_until(lambda: ledger.job("on-k8s").status == "failed", 60, "the job to be given up")
+            time.sleep(3)
+            assert len(runs()) == 2
+    finally:
+        failures = [f for f in pipeline.stop_all() if "trainer-1" not in f]
+    assert not failures, failures
+    assert "gave up after 2 attempts" in ledger.job("on-k8s").error
+    progress = [
+        json.loads(r.value) for r in consume_all(kafka_bootstrap, namespace + topics.TRAIN_PROGRESS.name)
+    ]
+    assert [p["status"] for p in progress if p["job_id"] == "on-k8s"] == ["queued", "failed"]

@@ -4,6 +4,8 @@ real child processes run in the trainer and evaluator integration tests)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -181,3 +183,44 @@ def test_the_template_is_not_modified_by_building_runs() -> None:
     assert manifest["metadata"]["name"].startswith("vlf-trainer-run-j1-") and manifest["metadata"][
         "name"
     ].endswith("-a3")
+
+
+def test_a_job_the_cluster_rejects_fails_with_the_reason_and_others_still_start(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    api = FakeBatchApi(create_error=ApiException(status=422, reason="Unprocessable Entity"))
+    failures: list[tuple[str, str]] = []
+    supervisor = JobSupervisor(
+        ledger, "train", launcher_with(api, tmp_path), on_failed=lambda *failure: failures.append(failure)
+    )
+    ledger.create_job("j1", "train", {})
+    supervisor.tick()
+    job = ledger.job("j1")
+    assert job is not None and job.status == "failed" and job.attempts == 0
+    assert failures and "rejected the Job (422)" in failures[0][1]
+
+
+def test_the_supervisor_survives_a_failing_round(ledger: Ledger) -> None:
+    class FlakyLauncher(ScriptedLauncher):
+        calls = 0
+
+        def running(self) -> set[str]:
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("API server unreachable")
+            return super().running()
+
+    launcher = FlakyLauncher()
+    ledger.create_job("j1", "train", {})
+    stopped = threading.Event()
+    supervisor = JobSupervisor(ledger, "train", launcher)
+    thread = threading.Thread(target=supervisor.run, args=(stopped, 0.01))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not launcher.started and time.monotonic() < deadline:
+            stopped.wait(0.01)
+    finally:
+        stopped.set()
+        thread.join(timeout=10)
+    assert launcher.started == [("j1", 1)] and launcher.calls >= 2
