@@ -87,35 +87,4 @@ fi
 etcd_version="$("${TOOLS_BIN}/etcd" --version)"
 echo "${etcd_version%%$'\n'*}"
 
-# --- Starting a local control plane for tests (verified with the versions above) ------------------
-# No kubelet and no controller-manager: objects are stored and served, nothing reconciles them
-# (a Job gets no Pods and its status stays empty unless a test PATCHes the status subresource).
-#
-#   openssl genrsa -out "$D/sa.key" 2048
-#   echo "${TOKEN},admin,admin,system:masters" > "$D/tokens.csv"
-#
-#   etcd --name test --data-dir "$D/etcd" \
-#     --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
-#     --listen-peer-urls http://127.0.0.1:$PEER_PORT --initial-advertise-peer-urls http://127.0.0.1:$PEER_PORT \
-#     --initial-cluster test=http://127.0.0.1:$PEER_PORT \
-#     --unsafe-no-fsync --log-level warn
-#   # ready when: curl -sf http://127.0.0.1:$ETCD_PORT/health
-#
-#   kube-apiserver \
-#     --etcd-servers http://127.0.0.1:$ETCD_PORT \
-#     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port $API_PORT \
-#     --cert-dir "$D/certs" \
-#     --service-cluster-ip-range 10.0.0.0/24 \
-#     --authorization-mode AlwaysAllow \
-#     --token-auth-file "$D/tokens.csv" \
-#     --service-account-issuer https://kubernetes.default.svc \
-#     --service-account-key-file "$D/sa.key" \
-#     --service-account-signing-key-file "$D/sa.key" \
-#     --disable-admission-plugins ServiceAccount
-#   # ready when: curl -skf -H "Authorization: Bearer $TOKEN" https://127.0.0.1:$API_PORT/readyz
-#   # (anonymous requests get 401: AlwaysAllow turns anonymous auth off, so probes need the token)
-#
-# Python client: Configuration(host="https://127.0.0.1:$API_PORT", verify_ssl=False,
-#   api_key={"authorization": TOKEN}, api_key_prefix={"authorization": "Bearer"}).
-# The apiserver logs a burst of harmless "alpha api enabled with emulated version 1.34 instead of
-# the binary's version 1.34.2" warnings at start (no alpha API is actually served).
+# tests/integration/control_plane.py starts etcd and kube-apiserver from these binaries for tests.
