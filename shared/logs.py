@@ -28,5 +28,7 @@ def configure_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Per-request INFO lines of the clients (one per model call) cost CPU and bury the useful lines;
+    # their failures reach our own logs through the retrying callers.
+    for noisy in ("kafka", "httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
