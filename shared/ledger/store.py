@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -127,6 +127,15 @@ class Ledger:
         except OperationalError as exc:
             raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A Core connection in a transaction: the per-message paths need no ORM session."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except OperationalError as exc:
+            raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
+
     # --- facts ----------------------------------------------------------------------------------
 
     def record(self, *facts: ev.Event) -> int:
@@ -140,10 +149,10 @@ class Ledger:
             rows.setdefault(table, {}).setdefault(values["id"], values)
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         inserted = 0
-        with self._session() as s:
+        with self._transaction() as connection:
             for table, by_id in rows.items():
                 statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.id)
-                inserted += len(s.connection().execute(statement, list(by_id.values())).all())
+                inserted += len(connection.execute(statement, list(by_id.values())).all())
         return inserted
 
     def instruction(self, instruction_id: str) -> ev.Instruction | None:
@@ -152,29 +161,20 @@ class Ledger:
         return ev.Instruction.model_validate(row.payload) if row else None
 
     def responses_for(self, instruction_id: str) -> list[ev.Response]:
-        with self._session() as s:
-            rows = s.scalars(
-                select(t.ResponseRow)
-                .where(t.ResponseRow.instruction_id == instruction_id)
-                .order_by(t.ResponseRow.id)
-            ).all()
-        return [ev.Response.model_validate(r.payload) for r in rows]
+        payloads = self._payloads(t.ResponseRow, instruction_id, t.ResponseRow.id)
+        return [ev.Response.model_validate(p) for p in payloads]
 
     def annotations_for(self, instruction_id: str) -> list[ev.Annotation]:
-        with self._session() as s:
-            rows = s.scalars(
-                select(t.AnnotationRow)
-                .where(t.AnnotationRow.instruction_id == instruction_id)
-                .order_by(t.AnnotationRow.judge_id)
-            ).all()
-        return [ev.Annotation.model_validate(r.payload) for r in rows]
+        payloads = self._payloads(t.AnnotationRow, instruction_id, t.AnnotationRow.judge_id)
+        return [ev.Annotation.model_validate(p) for p in payloads]
 
     def pairs_for(self, instruction_id: str) -> list[ev.Pair]:
-        with self._session() as s:
-            rows = s.scalars(
-                select(t.PairRow).where(t.PairRow.instruction_id == instruction_id).order_by(t.PairRow.id)
-            ).all()
-        return [ev.Pair.model_validate(r.payload) for r in rows]
+        return [ev.Pair.model_validate(p) for p in self._payloads(t.PairRow, instruction_id, t.PairRow.id)]
+
+    def _payloads(self, table: Any, instruction_id: str, order_by: Any) -> list[dict]:
+        with self._transaction() as connection:
+            query = select(table.payload).where(table.instruction_id == instruction_id).order_by(order_by)
+            return list(connection.execute(query).scalars())
 
     def iter_facts(self, model: type[ev.Event], batch_size: int = 1000, **filters: Any) -> Iterator[ev.Event]:
         """Stream every fact of one kind (optionally filtered on its indexed columns), oldest first."""

@@ -106,9 +106,19 @@ class KafkaRuntime:
         """Consume until ``stop()``; re-raises the error that made a handler crash."""
         self.ensure_topics()
         client = self.settings.kafka_client_config()
-        self._producer = KafkaProducer(**client, acks="all", linger_ms=1, retries=5, max_block_ms=10_000)
+        # kafka-python's own client metrics are off: they cost CPU on every send and fetch, and the
+        # runtime exports what operators read (lag, throughput, latency) to Prometheus itself.
+        self._producer = KafkaProducer(
+            **client,
+            acks="all",
+            linger_ms=1,
+            retries=5,
+            max_block_ms=10_000,
+            metrics_enabled=False,
+        )
         self._consumer = KafkaConsumer(
             **client,
+            metrics_enabled=False,
             group_id=self.definition.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
