@@ -441,6 +441,33 @@ def test_the_trainer_launches_runs_from_the_mounted_job_template_as_valid_jobs(
     assert first["metadata"]["name"].startswith(training_job(objects)["metadata"]["generateName"])
 
 
+def test_the_pair_rule_in_values_reaches_the_pair_builder_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.pair_builder.settings import PairBuilderSettings
+
+    rule = {
+        "strategy": "min_margin",
+        "minMargin": 1.5,
+        "maxPairsPerInstruction": 3,
+        "judgeIds": ["gpt4v", "verify"],
+        "heldoutFraction": 0.01,
+        "seed": 7,
+    }
+    objects = render([write_values(tmp_path, {"pairBuilder": {"rule": rule}})])
+    (deployment,) = of_kind(objects, "Deployment", "pair-builder")
+    env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+    for name, value in env.items():
+        if name.startswith("VLF_PAIRS_"):
+            monkeypatch.setenv(name, value)
+    settings = PairBuilderSettings()
+    assert (settings.strategy, settings.min_margin, settings.max_pairs_per_instruction) == ("min_margin", 1.5, 3)
+    assert settings.judge_ids == ["gpt4v", "verify"]
+    assert (settings.heldout_fraction, settings.seed) == (0.01, 7)
+    (default,) = of_kind(render([]), "Deployment", "pair-builder")
+    assert "VLF_PAIRS_MAX_PAIRS_PER_INSTRUCTION" not in env_of(default["spec"]["template"]["spec"]["containers"][0])
+
+
 def test_keda_scales_each_sampler_and_judge_on_its_own_consumer_group(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
