@@ -47,6 +47,10 @@ Handler = Callable[[Event], list[Event]]
 _Send = tuple[str, bytes | None, bytes | None, list]  # topic, key, value, headers
 
 LAG_INTERVAL_S = 5.0
+POLL_TIMEOUT_MS = 200
+# While a partition is paused, the loop comes back this often to resume it as soon as lanes have
+# finished its messages; a full POLL_TIMEOUT_MS wait there made the runtime latency-bound.
+PAUSED_POLL_TIMEOUT_MS = 10
 PUBLISH_TIMEOUT_S = 30.0
 
 
@@ -198,9 +202,10 @@ class KafkaRuntime:
         next_commit = next_lag = time.monotonic()
         while not self._stopping.is_set():
             self._last_tick = time.monotonic()
-            self._apply_backpressure()
+            paused = self._apply_backpressure()
             room = max(1, self.settings.max_buffered - self._tracker.in_flight())
-            batch = self._consumer.poll(timeout_ms=200, max_records=room)
+            timeout_ms = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
+            batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=room)
             for tp, records in batch.items():
                 for record in records:
                     self._tracker.started((tp.topic, tp.partition), record.offset)
@@ -216,18 +221,18 @@ class KafkaRuntime:
                 self._update_lag()
                 next_lag = now + LAG_INTERVAL_S
 
-    def _apply_backpressure(self) -> None:
+    def _apply_backpressure(self) -> bool:
         """Pause each partition holding its share of ``max_buffered`` unfinished messages.
 
         A share per partition, not one pause for all: the fetcher serves partitions in a fixed order
         and drops what it fetched for paused ones, so pausing everything whenever the buffer filled
         let the first partitions refill it each time and starved the last one for good (found by
-        the 2,000-instruction chaos run's stall detector).
+        the 2,000-instruction chaos run's stall detector). Returns whether any partition is paused.
         """
         assert self._consumer is not None
         assignment = self._consumer.assignment()
         if not assignment:
-            return
+            return False
         share = max(1, self.settings.max_buffered // len(assignment))
         held = self._tracker.in_flight_by_partition()
         full = {tp for tp in assignment if held.get((tp.topic, tp.partition), 0) >= share}
@@ -236,6 +241,7 @@ class KafkaRuntime:
             self._consumer.pause(*(full - paused))
         if paused - full:
             self._consumer.resume(*(paused - full))
+        return bool(full)
 
     def _commit(self) -> None:
         ready = self._tracker.take_committable()
