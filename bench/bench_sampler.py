@@ -2,9 +2,11 @@
 
 The whole path: broker -> sampler runtime (lanes) -> HTTP backend -> ledger -> broker -> commit.
 With latency L and concurrency C (the sampler's VLF_MAX_IN_FLIGHT and the model's concurrency)
-the ideal is C / L answers per second; printed with the measured rate and the ratio.
+the ideal is C / L answers per second; printed with the measured rate, the ratio and the sampler
+process's CPU per answer (one Python process: when rate x CPU per answer nears 1 s/s it is
+CPU-bound, and only less CPU per answer or more replicas help).
 
-Run: ``python bench/bench_sampler.py [--latency 0.2] [--per-wave 8]``
+Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 8]``
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,7 +31,11 @@ from tests.integration.kafka_helpers import service_env, start_process, wait_unt
 from tests.integration.pipeline_helpers import write_registry  # noqa: E402
 
 
-def run(concurrency: int, count: int, latency: float, bootstrap: str, tmp: Path, base_url: str) -> float:
+def run(
+    concurrency: int, count: int, latency: float, bootstrap: str, tmp: Path, base_url: str
+) -> tuple[float, float]:
+    """Answers per second, and the sampler process's CPU milliseconds per answer (it is one Python
+    process, so near 1000 / rate it is CPU-bound)."""
     ns = f"bench{concurrency}x{int(time.time())}."
     ledger_url = f"sqlite:///{tmp / f'ledger-{concurrency}.db'}"
     registry = write_registry(tmp / f"registry-{concurrency}.yaml", base_url, ["m1"], k=1)
@@ -59,14 +67,15 @@ def run(concurrency: int, count: int, latency: float, bootstrap: str, tmp: Path,
         with EventPublisher(settings) as publisher:
             publisher.publish(warmup)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup), 120, "warm-up")
-            started = time.monotonic()
+            cpu = psutil.Process(sampler.pid)
+            started, cpu_started = time.monotonic(), sum(cpu.cpu_times()[:2])
             publisher.publish(batch)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup) + count, 600, "all answers")
-            elapsed = time.monotonic() - started
+            elapsed, cpu_s = time.monotonic() - started, sum(cpu.cpu_times()[:2]) - cpu_started
     finally:
         sampler.terminate()
         sampler.wait(timeout=60)
-    return count / elapsed
+    return count / elapsed, 1000 * cpu_s / count
 
 
 def main() -> None:
@@ -94,12 +103,18 @@ def main() -> None:
         try:
             time.sleep(3)
             print(f"sampler service, server latency {args.latency * 1000:.0f} ms")
-            print(f"{'concurrency':>11} {'answers':>8} {'answers/s':>10} {'ideal':>8} {'ratio':>6}")
+            print(
+                f"{'concurrency':>11} {'answers':>8} {'answers/s':>10} {'ideal':>8} {'ratio':>6} "
+                f"{'sampler CPU ms/answer':>22}"
+            )
             for concurrency in (1, 16, 64):
                 count = max(20, args.waves * concurrency)
-                rate = run(concurrency, count, args.latency, bootstrap, tmp, base_url)
+                rate, cpu_ms = run(concurrency, count, args.latency, bootstrap, tmp, base_url)
                 ideal = concurrency / args.latency
-                print(f"{concurrency:>11} {count:>8} {rate:>10.1f} {ideal:>8.1f} {rate / ideal:>6.2f}")
+                print(
+                    f"{concurrency:>11} {count:>8} {rate:>10.1f} {ideal:>8.1f} {rate / ideal:>6.2f} "
+                    f"{cpu_ms:>22.2f}"
+                )
         finally:
             server.terminate()
             kafka_local.stop_broker(broker)
