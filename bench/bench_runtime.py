@@ -32,12 +32,12 @@ from kafka.structs import TopicPartition
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import decode, encode
-from shared.contracts.ids import response_id
 from shared.kafka_local import KAFKA_VERSION, BrokerConfig, free_ports, start_broker, stop_broker
 from shared.ledger import Ledger
 from shared.runtime.admin import ensure_topics
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
 from shared.settings import CommonSettings
+from tests.factories import echo_response
 
 
 @contextlib.contextmanager
@@ -60,20 +60,6 @@ def broker_version(bootstrap: str) -> str:
         return ".".join(str(part) for part in admin._client.check_version())  # kafka-python's API probe
     finally:
         admin.close()
-
-
-def answer(event: ev.Instruction) -> ev.Response:
-    """The trivial handler's work: one echo response per instruction."""
-    sampling = {"temperature": 0.0}
-    return ev.Response(
-        response_id=response_id(event.instruction_id, "echo", sampling, 0),
-        instruction=event,
-        model_id="echo",
-        sampling=sampling,
-        text=event.prompt,
-        status="answered",
-        finish_reason="stop",
-    )
 
 
 def preload(settings: CommonSettings, count: int) -> None:
@@ -131,7 +117,7 @@ def run_runtime(bootstrap: str, count: int, with_ledger: bool, work_dir: Path) -
 
     def handle(event: ev.Instruction) -> list[ev.Event]:
         clock.tick()
-        response = answer(event)
+        response = echo_response(event)
         if with_ledger:
             ledger.record(event, response)
         return [response]
@@ -175,7 +161,7 @@ def run_plain(bootstrap: str, count: int) -> float:
         for records in batch.values():
             for record in records:
                 clock.tick()
-                response = answer(decode(topics.INSTRUCTIONS, record.value))
+                response = echo_response(decode(topics.INSTRUCTIONS, record.value))
                 producer.send(ns + topics.RESPONSES.name, key=record.key, value=encode(response))
                 done += 1
         if batch:

@@ -28,9 +28,17 @@ from shared.contracts import topics
 from shared.ledger import Ledger
 from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import Registry
-from shared.runtime.admin import EventPublisher, ensure_topics
+from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
-from tests.chaos.driver import JUDGE_ID, MODEL_IDS, Fleet, Service, make_instructions, write_registry
+from tests.chaos.driver import (
+    JUDGE_ID,
+    MODEL_IDS,
+    Fleet,
+    Service,
+    make_instructions,
+    pipeline_store,
+    write_registry,
+)
 from tests.integration.judge_responder import judge_responder
 from tests.integration.kafka_helpers import service_env, wait_until
 
@@ -75,21 +83,11 @@ def running_pipeline(
     fleet: Fleet | None = None
     try:
         registry_path = write_registry(work / "registry.yaml", models.base_url, judge.base_url, timeout_s=30)
-        ledger_url = f"sqlite:///{work / 'ledger.db'}"
-        settings = CommonSettings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_namespace=namespace,
-            ledger_url=ledger_url,
-            blob_url=str(work / "blobs"),
-            registry_path=registry_path,
-        )
-        ledger = Ledger(ledger_url)
-        ledger.migrate()
-        ensure_topics(settings, topics.ALL_TOPICS)
+        settings, ledger = pipeline_store(bootstrap, namespace, work, registry_path)
         env = service_env(
             bootstrap,
             namespace,
-            ledger_url,
+            settings.ledger_url,
             VLF_HTTP_PORT="0",
             VLF_BLOB_URL=settings.blob_url,
             VLF_REGISTRY_PATH=str(registry_path),

@@ -35,3 +35,14 @@ def namespace() -> str:
 @pytest.fixture
 def ledger_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+def ledger(ledger_url):
+    """A migrated SQLite ledger in the test's own folder (the file services under test share)."""
+    from shared.ledger import Ledger
+
+    led = Ledger(ledger_url)
+    led.migrate()
+    yield led
+    led.close()

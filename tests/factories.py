@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared.contracts import events as ev
 from shared.contracts.events import Aspect
+from shared.contracts.ids import response_id
 
 
 def instruction(n: int = 1, **kw) -> ev.Instruction:
@@ -20,6 +21,21 @@ def response(
         sample_index=index,
         sampling={"temperature": 0.0},
         text=text,
+        status="answered",
+        finish_reason="stop",
+    )
+
+
+def echo_response(inst: ev.Instruction) -> ev.Response:
+    """What the recorder service and the runtime benchmark answer: the prompt echoed, with the
+    deterministic response id a real sampler would give it."""
+    sampling = {"temperature": 0.0}
+    return ev.Response(
+        response_id=response_id(inst.instruction_id, "echo", sampling, 0),
+        instruction=inst,
+        model_id="echo",
+        sampling=sampling,
+        text=inst.prompt,
         status="answered",
         finish_reason="stop",
     )

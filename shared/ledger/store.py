@@ -121,20 +121,14 @@ class Ledger:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
+        with _outages_as_unavailable(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         """A Core connection in a transaction: the per-message paths need no ORM session."""
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except OperationalError as exc:
-            raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
+        with _outages_as_unavailable(), self.engine.begin() as connection:
+            yield connection
 
     # --- facts ----------------------------------------------------------------------------------
 
@@ -344,6 +338,14 @@ class Ledger:
             query = query.where(t.JobRow.status == status)
         with self._session() as s:
             return list(s.scalars(query).all())
+
+
+@contextmanager
+def _outages_as_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
 
 
 def _make_engine(url: str) -> Engine:

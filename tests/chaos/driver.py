@@ -198,6 +198,24 @@ class Fleet:
         return {s.group: s.topics for s in self.services.values()}
 
 
+def pipeline_store(
+    bootstrap: str, namespace: str, work_dir: Path, registry_path: Path
+) -> tuple[CommonSettings, Ledger]:
+    """Settings of a pipeline run in ``work_dir`` (SQLite ledger, blob folder), the migrated ledger,
+    and every topic created."""
+    settings = CommonSettings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_namespace=namespace,
+        ledger_url=f"sqlite:///{work_dir / 'ledger.db'}",
+        blob_url=str(work_dir / "blobs"),
+        registry_path=registry_path,
+    )
+    ledger = Ledger(settings.ledger_url)
+    ledger.migrate()
+    ensure_topics(settings, topics.ALL_TOPICS)
+    return settings, ledger
+
+
 def pipeline_fleet(settings: CommonSettings, base_env: dict[str, str], log_dir: Path) -> Fleet:
     """Three samplers, the annotator for ``JUDGE_ID`` and the pair builder."""
     ns = settings.topic_namespace
@@ -510,17 +528,7 @@ def run_chaos(
             judge_server.base_url,
             timeout_s=servers.timeout_s,
         )
-        ledger_url = f"sqlite:///{work_dir / 'ledger.db'}"
-        settings = CommonSettings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_namespace="chaos.",
-            ledger_url=ledger_url,
-            blob_url=str(work_dir / "blobs"),
-            registry_path=registry_path,
-        )
-        ledger = Ledger(ledger_url)
-        ledger.migrate()
-        ensure_topics(settings, topics.ALL_TOPICS)
+        settings, ledger = pipeline_store(bootstrap, "chaos.", work_dir, registry_path)
         instructions = make_instructions(
             plan.instructions, BlobStore(settings.blob_url), Registry.load(registry_path)
         )
@@ -530,7 +538,7 @@ def run_chaos(
         env = service_env(
             bootstrap,
             settings.topic_namespace,
-            ledger_url,
+            settings.ledger_url,
             VLF_HTTP_PORT="0",
             VLF_BLOB_URL=settings.blob_url,
             VLF_REGISTRY_PATH=str(registry_path),

@@ -13,12 +13,12 @@ import threading
 import time
 
 from shared.contracts import events as ev
-from shared.contracts.ids import response_id
 from shared.contracts.topics import ALL_TOPICS, RESPONSES
 from shared.ledger import Ledger
 from shared.runtime.kafka_runtime import ServiceDefinition
 from shared.runtime.service import serve
 from shared.settings import CommonSettings
+from tests import factories
 
 
 class Recorder:
@@ -48,18 +48,7 @@ class Recorder:
             if self.writes == self.kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         if isinstance(event, ev.Instruction):
-            sampling = {"temperature": 0.0}
-            return [
-                ev.Response(
-                    response_id=response_id(event.instruction_id, "echo", sampling, 0),
-                    instruction=event,
-                    model_id="echo",
-                    sampling=sampling,
-                    text=event.prompt,
-                    status="answered",
-                    finish_reason="stop",
-                )
-            ]
+            return [factories.echo_response(event)]
         return []
 
 

@@ -6,13 +6,10 @@ from __future__ import annotations
 import signal
 import subprocess
 
-import pytest
-
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import decode, encode
 from shared.contracts.ids import pair_id
-from shared.ledger import Ledger
 from tests import factories
 from tests.integration.kafka_helpers import (
     consume_all,
@@ -24,14 +21,6 @@ from tests.integration.kafka_helpers import (
 )
 
 SERVICE = "services.pair_builder"
-
-
-@pytest.fixture
-def ledger(ledger_url):
-    led = Ledger(ledger_url)
-    led.migrate()
-    yield led
-    led.close()
 
 
 def _produce(bootstrap: str, namespace: str, annotations: list[ev.Annotation]) -> None:

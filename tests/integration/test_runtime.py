@@ -7,14 +7,12 @@ import signal
 import subprocess
 
 import httpx
-import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import encode
-from shared.ledger import Ledger
 from shared.runtime.dlq import read_dlq_headers
 from tests import factories
 from tests.integration.kafka_helpers import (
@@ -43,14 +41,6 @@ def _produce_events(bootstrap: str, namespace: str, events: list[ev.Event]) -> N
 def _stop(process: subprocess.Popen) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=60)
-
-
-@pytest.fixture
-def ledger(ledger_url):
-    led = Ledger(ledger_url)
-    led.migrate()
-    yield led
-    led.close()
 
 
 def test_every_event_type_round_trips_to_the_ledger(kafka_bootstrap, namespace, ledger_url, ledger, tmp_path):

@@ -19,14 +19,6 @@ from shared.k8s_jobs import JOB_ID_ANNOTATION, KubernetesJobLauncher, job_manife
 from shared.ledger import Ledger
 
 
-@pytest.fixture
-def ledger(tmp_path: Path):
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    led.migrate()
-    yield led
-    led.close()
-
-
 @dataclass
 class ScriptedLauncher:
     """Runs nothing; the test says which jobs are still running."""

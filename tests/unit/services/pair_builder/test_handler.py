@@ -8,18 +8,9 @@ from services.pair_builder.handler import PairBuilderContext, handle_annotation
 from services.pair_builder.rules import PairRule
 from services.pair_builder.settings import PairBuilderSettings
 from shared.contracts import events as ev
-from shared.ledger import Ledger
 from tests import factories
 
 INST = factories.instruction(3)
-
-
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    led.migrate()
-    yield led
-    led.close()
 
 
 def test_one_judge_makes_pairs_at_once_and_a_replay_adds_nothing(ledger):

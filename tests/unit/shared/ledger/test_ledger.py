@@ -9,14 +9,6 @@ from shared.ledger import Ledger
 from shared.ledger.tables import Base
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    led.migrate()
-    yield led
-    led.close()
-
-
 def _instruction(n: int = 1) -> ev.Instruction:
     return ev.Instruction(instruction_id=f"inst-{n:08d}", prompt=f"prompt {n}")
 
