@@ -157,7 +157,10 @@ def test_a_trainer_killed_mid_job_resumes_it(kafka_bootstrap, namespace, ledger_
         publisher.publish([_request("resume-me", str(tiny_models["qwen2_vl"]), max_steps=8)])
     trainer = pipeline.start("services.trainer", "trainer-1")
     checkpoints = tmp_path / "ckpt" / "resume-me"
-    wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 300, "a first training checkpoint")
+    from services.trainer.dpo import last_complete_checkpoint
+
+    # complete, not just begun: a kill while the first one is written leaves nothing to resume from
+    wait_until(lambda: last_complete_checkpoint(checkpoints) is not None, 300, "a first complete checkpoint")
     os.killpg(trainer.pid, signal.SIGKILL)  # the service and its job process, as when a pod dies
     trainer.wait(timeout=30)
     assert ledger.job("resume-me").status == "running"
