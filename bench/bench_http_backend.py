@@ -35,11 +35,11 @@ RUNS = ((1, 20), (16, 200), (64, 640))
 
 
 @contextmanager
-def server_process(latency_s: float) -> Iterator[str]:
+def server_process(latency_s: float, model: str = MODEL) -> Iterator[str]:
     """The test server in a child process; yields its base URL once ``/v1/models`` answers."""
     port = free_ports()
     command = [sys.executable, "-m", "shared.openai_test_server", "--port", str(port)]
-    command += ["--latency", str(latency_s), "--model", MODEL]
+    command += ["--latency", str(latency_s), "--model", model]
     process = subprocess.Popen(command)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -6,22 +6,26 @@ the ideal is C / L answers per second; printed with the measured rate, the ratio
 process's CPU per answer (one Python process: when rate x CPU per answer nears 1 s/s it is
 CPU-bound, and only less CPU per answer or more replicas help).
 
-Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 8]``
+``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
+a deployment scales a model past one core: more replicas, one partition each at most).
+
+Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 8] [--runs 1x1,16x1,64x1,64x2]``
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
+from kafka import KafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_http_backend import server_process  # noqa: E402
 from shared import kafka_local  # noqa: E402
 from shared.contracts import events as ev  # noqa: E402
 from shared.ledger import Ledger  # noqa: E402
@@ -31,15 +35,27 @@ from tests.integration.kafka_helpers import service_env, start_process, wait_unt
 from tests.integration.pipeline_helpers import write_registry  # noqa: E402
 
 
+def group_members(bootstrap: str, group: str) -> int:
+    """Members of a consumer group once it is stable (every replica has its partitions)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        (description,) = admin.describe_consumer_groups([group])
+        return len(description.members) if description.state == "Stable" else 0
+    finally:
+        admin.close()
+
+
 def run(
-    concurrency: int, count: int, latency: float, bootstrap: str, tmp: Path, base_url: str
+    concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, base_url: str
 ) -> tuple[float, float]:
-    """Answers per second, and the sampler process's CPU milliseconds per answer (it is one Python
-    process, so near 1000 / rate it is CPU-bound)."""
-    ns = f"bench{concurrency}x{int(time.time())}."
-    ledger_url = f"sqlite:///{tmp / f'ledger-{concurrency}.db'}"
-    registry = write_registry(tmp / f"registry-{concurrency}.yaml", base_url, ["m1"], k=1)
-    text = registry.read_text().replace("concurrency: 8", f"concurrency: {concurrency}")
+    """Answers per second, and the sampler processes' CPU milliseconds per answer (each is one
+    Python process, so near replicas x 1000 / rate they are CPU-bound). ``replicas`` processes
+    share the consumer group and the concurrency."""
+    ns = f"bench{concurrency}x{replicas}x{int(time.time())}."
+    per_replica = max(1, concurrency // replicas)
+    ledger_url = f"sqlite:///{tmp / f'ledger-{concurrency}x{replicas}.db'}"
+    registry = write_registry(tmp / f"registry-{concurrency}x{replicas}.yaml", base_url, ["m1"], k=1)
+    text = registry.read_text().replace("concurrency: 8", f"concurrency: {per_replica}")
     registry.write_text(text.replace("timeout_s: 5", "timeout_s: 30"))
     env = service_env(
         bootstrap,
@@ -48,8 +64,8 @@ def run(
         VLF_HTTP_PORT="0",
         VLF_REGISTRY_PATH=str(registry),
         VLF_SAMPLER_MODEL_ID="m1",
-        VLF_MAX_IN_FLIGHT=str(concurrency),
-        VLF_MAX_BUFFERED=str(max(64, 4 * concurrency)),
+        VLF_MAX_IN_FLIGHT=str(per_replica),
+        VLF_MAX_BUFFERED=str(max(64, 4 * per_replica)),
         VLF_BLOB_URL=str(tmp),
     )
     settings = CommonSettings(kafka_bootstrap_servers=bootstrap, topic_namespace=ns, ledger_url=ledger_url)
@@ -62,19 +78,28 @@ def run(
         ev.Instruction(instruction_id=f"inst-{i:06d}", prompt=f"Describe {i}.", models=["m1"])
         for i in range(count)
     ]
-    sampler = start_process("services.sampler", env, tmp / f"sampler-{concurrency}.log")
+    samplers = [
+        start_process("services.sampler", env, tmp / f"sampler-{concurrency}-{replicas}-{i}.log")
+        for i in range(replicas)
+    ]
+
+    def cpu_seconds() -> float:
+        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in samplers)
+
     try:
         with EventPublisher(settings) as publisher:
             publisher.publish(warmup)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup), 120, "warm-up")
-            cpu = psutil.Process(sampler.pid)
-            started, cpu_started = time.monotonic(), sum(cpu.cpu_times()[:2])
+            wait_until(lambda: group_members(bootstrap, "vlf-sampler.m1") == replicas, 60, "replicas")
+            started, cpu_started = time.monotonic(), cpu_seconds()
             publisher.publish(batch)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup) + count, 600, "all answers")
-            elapsed, cpu_s = time.monotonic() - started, sum(cpu.cpu_times()[:2]) - cpu_started
+            elapsed, cpu_s = time.monotonic() - started, cpu_seconds() - cpu_started
     finally:
-        sampler.terminate()
-        sampler.wait(timeout=60)
+        for sampler in samplers:
+            sampler.terminate()
+        for sampler in samplers:
+            sampler.wait(timeout=60)
     return count / elapsed, 1000 * cpu_s / count
 
 
@@ -82,41 +107,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--waves", type=int, default=8, help="Requests per run = waves x concurrency.")
+    parser.add_argument(
+        "--runs",
+        default="1x1,16x1,64x1,64x2",
+        help="Comma-separated CONCURRENCYxREPLICAS: total concurrency, split over that many processes.",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sampler-") as tmp_name:
         tmp = Path(tmp_name)
         broker = kafka_local.BrokerConfig(port=kafka_local.free_ports(2), data_dir=tmp / "kafka")
         bootstrap = kafka_local.start_broker(broker)
-        port = kafka_local.free_ports()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shared.openai_test_server",
-                "--port",
-                str(port),
-                "--latency",
-                str(args.latency),
-            ]
-        )
-        base_url = f"http://127.0.0.1:{port}/v1"
         try:
-            time.sleep(3)
-            print(f"sampler service, server latency {args.latency * 1000:.0f} ms")
-            print(
-                f"{'concurrency':>11} {'answers':>8} {'answers/s':>10} {'ideal':>8} {'ratio':>6} "
-                f"{'sampler CPU ms/answer':>22}"
-            )
-            for concurrency in (1, 16, 64):
-                count = max(20, args.waves * concurrency)
-                rate, cpu_ms = run(concurrency, count, args.latency, bootstrap, tmp, base_url)
-                ideal = concurrency / args.latency
+            with server_process(args.latency, model="test-model") as base_url:
+                print(f"sampler service, server latency {args.latency * 1000:.0f} ms")
                 print(
-                    f"{concurrency:>11} {count:>8} {rate:>10.1f} {ideal:>8.1f} {rate / ideal:>6.2f} "
-                    f"{cpu_ms:>22.2f}"
+                    f"{'concurrency':>11} {'replicas':>8} {'answers':>8} {'answers/s':>10} {'ideal':>8} "
+                    f"{'ratio':>6} {'sampler CPU ms/answer':>22}"
                 )
+                for spec in args.runs.split(","):
+                    concurrency, replicas = (int(part) for part in spec.split("x"))
+                    count = max(20, args.waves * concurrency)
+                    rate, cpu_ms = run(concurrency, replicas, count, bootstrap, tmp, base_url)
+                    ideal = concurrency / args.latency
+                    print(
+                        f"{concurrency:>11} {replicas:>8} {count:>8} {rate:>10.1f} {ideal:>8.1f} "
+                        f"{rate / ideal:>6.2f} {cpu_ms:>22.2f}"
+                    )
         finally:
-            server.terminate()
             kafka_local.stop_broker(broker)
 
 

@@ -10,6 +10,7 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.contracts import events as ev
 from shared.contracts.ids import stable_hash
 from shared.ledger import tables as t
+from shared.ledger.batcher import Batcher
 from shared.ledger.errors import LedgerUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+# table -> row id -> column values
+_Rows = dict[Any, dict[str, dict[str, Any]]]
 
 
 def _now() -> datetime:
@@ -89,6 +95,16 @@ class Ledger:
         self.url = url
         self.engine = _make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Calls from concurrent handler lanes share transactions (see ``Batcher``).
+        self._writes = Batcher(self._insert_new)
+        self._reads = {
+            table: Batcher(partial(self._select_payloads, table, order_by))
+            for table, order_by in (
+                (t.ResponseRow, t.ResponseRow.id),
+                (t.AnnotationRow, t.AnnotationRow.judge_id),
+                (t.PairRow, t.PairRow.id),
+            )
+        }
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -135,19 +151,35 @@ class Ledger:
     def record(self, *facts: ev.Event) -> int:
         """Insert facts that are not there yet, in one transaction; returns how many were new.
 
-        One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING id per table (SQLAlchemy's
-        insertmanyvalues), so a batch of thousands of facts costs a few statements, not one each."""
-        rows: dict[type[t.Base], dict[str, dict[str, Any]]] = {}
+        Concurrent calls from other threads may share that transaction (``Batcher``); each returns
+        once its facts are committed."""
+        rows: _Rows = {}
         for fact in facts:
             table, values = _fact_row(fact)
             rows.setdefault(table, {}).setdefault(values["id"], values)
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        inserted = 0
-        with self._transaction() as connection:
+        return self._writes.call(rows)
+
+    def _insert_new(self, batch: list[_Rows]) -> list[int]:
+        """One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING id per table (SQLAlchemy's
+        insertmanyvalues) for the whole batch; a new row counts for the first call that wrote it."""
+        merged: _Rows = {}
+        for rows in batch:
             for table, by_id in rows.items():
+                for row_id, values in by_id.items():
+                    merged.setdefault(table, {}).setdefault(row_id, values)
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        new: set[tuple[Any, str]] = set()
+        with self._transaction() as connection:
+            for table, by_id in merged.items():
                 statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.id)
-                inserted += len(connection.execute(statement, list(by_id.values())).all())
-        return inserted
+                ids = connection.execute(statement, list(by_id.values())).scalars()
+                new.update((table, row_id) for row_id in ids)
+        counts = []
+        for rows in batch:
+            mine = {(table, row_id) for table, by_id in rows.items() for row_id in by_id} & new
+            counts.append(len(mine))
+            new -= mine
+        return counts
 
     def instruction(self, instruction_id: str) -> ev.Instruction | None:
         with self._session() as s:
@@ -155,20 +187,31 @@ class Ledger:
         return ev.Instruction.model_validate(row.payload) if row else None
 
     def responses_for(self, instruction_id: str) -> list[ev.Response]:
-        payloads = self._payloads(t.ResponseRow, instruction_id, t.ResponseRow.id)
+        payloads = self._payloads(t.ResponseRow, instruction_id)
         return [ev.Response.model_validate(p) for p in payloads]
 
     def annotations_for(self, instruction_id: str) -> list[ev.Annotation]:
-        payloads = self._payloads(t.AnnotationRow, instruction_id, t.AnnotationRow.judge_id)
+        payloads = self._payloads(t.AnnotationRow, instruction_id)
         return [ev.Annotation.model_validate(p) for p in payloads]
 
     def pairs_for(self, instruction_id: str) -> list[ev.Pair]:
-        return [ev.Pair.model_validate(p) for p in self._payloads(t.PairRow, instruction_id, t.PairRow.id)]
+        return [ev.Pair.model_validate(p) for p in self._payloads(t.PairRow, instruction_id)]
 
-    def _payloads(self, table: Any, instruction_id: str, order_by: Any) -> list[dict]:
+    def _payloads(self, table: Any, instruction_id: str) -> list[dict]:
+        return self._reads[table].call(instruction_id)
+
+    def _select_payloads(self, table: Any, order_by: Any, instruction_ids: list[str]) -> list[list[dict]]:
+        """The payloads of each instruction (in ``order_by`` order), for a batch of concurrent reads."""
+        query = (
+            select(table.instruction_id, table.payload)
+            .where(table.instruction_id.in_(set(instruction_ids)))
+            .order_by(order_by)
+        )
+        found: dict[str, list[dict]] = {}
         with self._transaction() as connection:
-            query = select(table.payload).where(table.instruction_id == instruction_id).order_by(order_by)
-            return list(connection.execute(query).scalars())
+            for instruction_id, payload in connection.execute(query):
+                found.setdefault(instruction_id, []).append(payload)
+        return [found.get(instruction_id, []) for instruction_id in instruction_ids]
 
     def iter_facts(self, model: type[ev.Event], batch_size: int = 1000, **filters: Any) -> Iterator[ev.Event]:
         """Stream every fact of one kind (optionally filtered on its indexed columns), oldest first."""

@@ -3,8 +3,9 @@
 Contract (DESIGN.md "at-least-once, effectively once"):
 - auto-commit is off; a message's offset is committed only after its handler returned (its ledger
   writes done) and every output event (or its DLQ record) was acknowledged by the broker;
-- messages run on ``max_in_flight`` worker lanes; a key always goes to the same lane, so one
-  instruction's events are handled in order, and offsets are committed in order per partition;
+- messages run on ``max_in_flight`` worker lanes; one key's messages run one at a time in arrival
+  order (``LanePool``), so one instruction's events are handled in order, and offsets are
+  committed in order per partition;
 - ``RetryableError``: retried with exponential backoff and jitter, then dead-lettered;
   ``PermanentError``/``ContractError``: dead-lettered at once; anything else: the process stops
   loudly without committing that message, which is redelivered after the restart;
@@ -19,7 +20,6 @@ import queue
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +37,7 @@ from shared.contracts.topics import TopicSpec, topic
 from shared.errors import PermanentError, RetryableError
 from shared.runtime.admin import ensure_topics
 from shared.runtime.dlq import dlq_headers
+from shared.runtime.lanes import LanePool
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.offsets import OffsetTracker
 from shared.settings import CommonSettings
@@ -52,6 +53,10 @@ POLL_TIMEOUT_MS = 200
 # finished its messages; a full POLL_TIMEOUT_MS wait there made the runtime latency-bound.
 PAUSED_POLL_TIMEOUT_MS = 10
 PUBLISH_TIMEOUT_S = 30.0
+# How long the broker may hold a fetch that found no new data. One fetch at a time goes to each
+# broker, so a partition resumed after backpressure waits behind it: at kafka-python's 500 ms,
+# partitions that had run dry stalled the ones with a backlog for half a second at a time.
+FETCH_MAX_WAIT_MS = 50
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class KafkaRuntime:
         self._fatal: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
-        self._lanes: list[_Lane] = []
+        self._lanes = LanePool(definition.name, settings.max_in_flight, self._abandon)
         self._republish: queue.Queue = queue.Queue()
         self._republish_thread = threading.Thread(target=self._republisher, name="republisher", daemon=True)
         self._last_tick = time.monotonic()
@@ -126,6 +131,7 @@ class KafkaRuntime:
             group_id=self.definition.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             session_timeout_ms=self.settings.session_timeout_ms,
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             client_id=f"{self.definition.group_id}",
@@ -133,9 +139,7 @@ class KafkaRuntime:
         self._consumer.subscribe(
             [self._ns + name for name in self.definition.routes], listener=_Rebalance(self)
         )
-        self._lanes = [_Lane(self, i) for i in range(self.settings.max_in_flight)]
-        for lane in self._lanes:
-            lane.start()
+        self._lanes.start(self.process)
         self._republish_thread.start()
         log.info(
             "runtime started",
@@ -210,8 +214,7 @@ class KafkaRuntime:
                 for record in records:
                     self._tracker.started((tp.topic, tp.partition), record.offset)
                     self.metrics.consumed.labels(self.definition.name, tp.topic).inc()
-                    lane = self._lanes[zlib.crc32(record.key or b"") % len(self._lanes)]
-                    lane.put(record)
+                    self._lanes.put(record)
             self.metrics.in_flight.labels(self.definition.name).set(self._tracker.in_flight())
             now = time.monotonic()
             if now >= next_commit:
@@ -285,7 +288,7 @@ class KafkaRuntime:
     def _drain(self, timeout_s: float) -> None:
         """Wait until every lane finished what it holds and its outputs are acknowledged."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(lane.busy() for lane in self._lanes):
+        while time.monotonic() < deadline and not self._lanes.idle():
             time.sleep(0.02)
         self._flush(deadline)
         while time.monotonic() < deadline and not self._republish.empty():
@@ -304,18 +307,15 @@ class KafkaRuntime:
         """Let lanes finish the messages they hold (so committed offsets have no gaps and nothing is
         redone), within the grace period; then abandon the rest, commit and close."""
         self._stopping.set()
-        for lane in self._lanes:
-            lane.put(None)
+        self._lanes.stop()
         deadline = time.monotonic() + self.settings.shutdown_grace_s
-        for lane in self._lanes:
-            lane.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._lanes.join(timeout_s=max(0.0, deadline - time.monotonic()))
         self._flush(deadline)
         self._republish.put(None)
         if self._republish_thread.is_alive():
             self._republish_thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._abandon.set()
-        for lane in self._lanes:
-            lane.join(timeout=30)
+        self._lanes.join(timeout_s=30)
         self._commit()
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
@@ -473,33 +473,6 @@ class KafkaRuntime:
                 if self._abandon.wait(backoff):
                     raise _Abandoned() from exc
                 backoff = min(backoff * 2, 10.0)
-
-
-class _Lane(threading.Thread):
-    """A worker thread with its own queue: one key always lands on the same lane."""
-
-    def __init__(self, runtime: KafkaRuntime, index: int) -> None:
-        super().__init__(name=f"{runtime.definition.name}-lane-{index}", daemon=True)
-        self._runtime = runtime
-        self._queue: queue.Queue = queue.Queue()
-        self._working = False
-
-    def put(self, record) -> None:  # noqa: ANN001
-        self._queue.put(record)
-
-    def busy(self) -> bool:
-        return self._working or not self._queue.empty()
-
-    def run(self) -> None:
-        while True:
-            record = self._queue.get()
-            if record is None or self._runtime._abandon.is_set():
-                return
-            self._working = True
-            try:
-                self._runtime.process(record)
-            finally:
-                self._working = False
 
 
 class _Rebalance(ConsumerRebalanceListener):

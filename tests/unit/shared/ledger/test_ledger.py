@@ -100,3 +100,43 @@ def test_judge_replies_and_predictions_are_kept(ledger):
     ledger.save_prediction("base", "mme", "color/1.png#0", "Yes")
     assert ledger.prediction("base", "mme", "color/1.png#0") == "Yes"
     assert ledger.prediction("tuned", "mme", "color/1.png#0") is None
+
+
+def test_many_threads_writing_and_reading_at_once_each_see_their_own_facts(ledger):
+    """The ledger batches concurrent calls (one transaction for many lanes): every caller must still
+    get its own answer, see its own write once it returns, and count only what it inserted."""
+    inserted: dict[int, int] = {}
+    seen: dict[int, list[str]] = {}
+
+    def lane(i: int) -> None:
+        inst = _instruction(i)
+        assert ledger.responses_for(inst.instruction_id) == []
+        inserted[i] = ledger.record(inst, _response(inst, "a"), _response(inst, "b"))
+        seen[i] = [r.response_id for r in ledger.responses_for(inst.instruction_id)]
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert inserted == {i: 3 for i in range(64)}
+    assert seen == {i: [f"inst-{i:08d}-a", f"inst-{i:08d}-b"] for i in range(64)}
+    assert ledger.count(ev.Response) == 128
+
+
+def test_a_fact_written_by_two_concurrent_calls_counts_once(ledger):
+    shared = _instruction(1)
+    counts: list[int] = []
+    barrier = threading.Barrier(16)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        counts.append(ledger.record(shared, _response(shared, f"m{i}")))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 1 + 16  # the instruction once, each caller's own response once
+    assert ledger.count(ev.Instruction) == 1
