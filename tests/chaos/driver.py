@@ -189,9 +189,12 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 os.killpg(service.process.pid, signal.SIGKILL)
                 code = service.process.wait(timeout=30)
+            log = self.log_dir / f"{service.name}.{service.generation}.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if code == -signal.SIGTERM and "runtime started" not in text:
+                continue  # restarted just before the stop, still importing: it had taken no work
             if code != 0:
-                log = self.log_dir / f"{service.name}.{service.generation}.log"
-                bad.append(f"{service.name} exited {code}:\n{log.read_text(errors='replace')[-3000:]}")
+                bad.append(f"{service.name} exited {code}:\n{text[-3000:]}")
         return bad
 
     def groups(self) -> dict[str, list[str]]:
