@@ -11,13 +11,14 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev,kube]'
+	$(PY) -m pip install --quiet -e '.[train,dev,kube,postgres]'
 	touch $@
 
 tools:
 	bash k8s/install-tools.sh
 	bash k8s/install-apiserver.sh
 	bash tests/install-chromium.sh
+	bash tests/install-postgres.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

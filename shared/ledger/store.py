@@ -342,9 +342,10 @@ class Ledger:
             updated_at=now,
         )
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(t.JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"])
         with self._session() as s:
-            result = s.execute(insert(t.JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
-            return bool(result.rowcount)
+            # RETURNING, not rowcount: on PostgreSQL the ORM reported a skipped insert as a row.
+            return s.execute(statement.returning(t.JobRow.id)).first() is not None
 
     def update_job(
         self,
