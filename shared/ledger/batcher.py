@@ -73,7 +73,7 @@ class Batcher(Generic[In, Out]):
         if len(batch) > 1:
             try:
                 results = self._run_batch([call.item for call in batch])
-            except Exception:  # retried one by one below, where each caller gets its own error
+            except BaseException:  # retried one by one below, where each caller gets its own error
                 pass
             else:
                 for call, result in zip(batch, results, strict=True):
@@ -82,5 +82,5 @@ class Batcher(Generic[In, Out]):
         for call in batch:
             try:
                 call.result = self._run_batch([call.item])[0]
-            except Exception as exc:  # re-raised in the caller's thread
+            except BaseException as exc:  # re-raised in the caller's thread: none returns without a result
                 call.error = exc
