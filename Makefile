@@ -17,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 tools:
 	bash k8s/install-tools.sh
 	bash k8s/install-apiserver.sh
-	bash tests/install-chromium.sh
-	bash tests/install-postgres.sh
+	bash tests/install-debian-packages.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

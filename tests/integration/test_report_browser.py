@@ -125,7 +125,7 @@ def _cells(html: str) -> dict[str, str]:
 
 def _screenshot(html_path: Path, tmp: Path) -> Image.Image:
     assert CHROMIUM.exists(), (
-        f"{CHROMIUM} is missing: install it with `bash tests/install-chromium.sh` (Debian's chromium package)"
+        f"{CHROMIUM} is missing: install it with `bash tests/install-debian-packages.sh`"
     )
     png = tmp / "report.png"
     subprocess.run(
