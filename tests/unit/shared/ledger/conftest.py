@@ -17,15 +17,12 @@ def postgres_url():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request, ledger_url):
-    url = ledger_url
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        empty = Ledger(url)
-        with empty.engine.begin() as connection:  # each test starts from an empty schema
+    postgres = request.param == "postgresql"
+    led = Ledger(request.getfixturevalue("postgres_url") if postgres else ledger_url)
+    if postgres:
+        with led.engine.begin() as connection:  # each test starts from an empty schema
             connection.execute(text("DROP SCHEMA public CASCADE"))
             connection.execute(text("CREATE SCHEMA public"))
-        empty.close()
-    led = Ledger(url)
     led.migrate()
     yield led
     led.close()
