@@ -1,10 +1,13 @@
 """Sampler service throughput against an OpenAI-compatible server with a fixed latency.
 
 The whole path: broker -> sampler runtime (lanes) -> HTTP backend -> ledger -> broker -> commit.
-With latency L and concurrency C (the sampler's VLF_MAX_IN_FLIGHT and the model's concurrency)
-the ideal is C / L answers per second; printed with the measured rate, the ratio and the sampler
-process's CPU per answer (one Python process: when rate x CPU per answer nears 1 s/s it is
-CPU-bound, and only less CPU per answer or more replicas help).
+With latency L and concurrency C (the model's concurrency: calls in flight at the server; the
+sampler runs twice as many lanes, see ``with_lanes_for``) the ideal is C / L answers per second.
+Printed: the rate from the first instruction published to the last answer stored ("end-to-end"),
+the sustained rate (between the 10th and 90th percentile of answer times, without ramp-up and
+tail), each with its ratio to the ideal, and CPU per answer of the samplers, the test server and
+the broker. A sampler is one Python process: when rate x its CPU per answer nears 1 s/s it is
+CPU-bound, and only less CPU per answer or more replicas help; all three share this machine's cores.
 
 ``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
 a deployment scales a model past one core: more replicas, one partition each at most).
@@ -18,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -45,16 +49,45 @@ def group_members(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def run(
-    concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, base_url: str
-) -> tuple[float, float]:
-    """Answers per second, and the sampler processes' CPU milliseconds per answer (each is one
-    Python process, so near replicas x 1000 / rate they are CPU-bound). ``replicas`` processes
-    share the consumer group and the concurrency."""
+def steady_rate(ledger: Ledger) -> float:
+    """Answers per second between the 10th and the 90th percentile of the answers' completion times:
+    the sustained rate, without the first wave's ramp-up and the last wave's tail."""
+    done = sorted(
+        r.created_at.timestamp()
+        for r in ledger.iter_facts(ev.Response)
+        if r.instruction_id.startswith("inst-")
+    )
+    first, last = len(done) // 10, len(done) * 9 // 10
+    return (last - first) / (done[last] - done[first])
+
+
+@dataclass(frozen=True)
+class RunResult:
+    end_to_end_rate: float  # answers/s
+    sustained_rate: float  # answers/s
+    cpu_ms: dict[str, float]  # per answer: "samplers", "server", "broker"
+
+
+def harness_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of the test server and the broker (this process's children)."""
+    found = {"server": 0.0, "broker": 0.0}
+    for child in psutil.Process().children(recursive=True):
+        command = " ".join(child.cmdline())
+        role = "server" if "openai_test_server" in command else "broker" if "java" in command else None
+        if role:
+            found[role] += sum(child.cpu_times()[:2])
+    return found
+
+
+def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, base_url: str) -> RunResult:
+    """``count`` instructions through ``replicas`` sampler processes in one consumer group, which
+    share the concurrency."""
     ns = f"bench{concurrency}x{replicas}x{int(time.time())}."
+    # Each run its own files: a repeated spec (``--runs 64x1,64x1``) must not find the last run's ledger.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{concurrency}x{replicas}-", dir=tmp))
     per_replica = max(1, concurrency // replicas)
-    ledger_url = f"sqlite:///{tmp / f'ledger-{concurrency}x{replicas}.db'}"
-    registry = write_registry(tmp / f"registry-{concurrency}x{replicas}.yaml", base_url, ["m1"], k=1)
+    ledger_url = f"sqlite:///{run_dir / 'ledger.db'}"
+    registry = write_registry(run_dir / "registry.yaml", base_url, ["m1"], k=1)
     text = registry.read_text().replace("concurrency: 8", f"concurrency: {per_replica}")
     registry.write_text(text.replace("timeout_s: 5", "timeout_s: 30"))
     env = service_env(
@@ -64,8 +97,6 @@ def run(
         VLF_HTTP_PORT="0",
         VLF_REGISTRY_PATH=str(registry),
         VLF_SAMPLER_MODEL_ID="m1",
-        VLF_MAX_IN_FLIGHT=str(per_replica),
-        VLF_MAX_BUFFERED=str(max(64, 4 * per_replica)),
         VLF_BLOB_URL=str(tmp),
     )
     settings = CommonSettings(kafka_bootstrap_servers=bootstrap, topic_namespace=ns, ledger_url=ledger_url)
@@ -78,13 +109,11 @@ def run(
         ev.Instruction(instruction_id=f"inst-{i:06d}", prompt=f"Describe {i}.", models=["m1"])
         for i in range(count)
     ]
-    samplers = [
-        start_process("services.sampler", env, tmp / f"sampler-{concurrency}-{replicas}-{i}.log")
-        for i in range(replicas)
-    ]
+    samplers = [start_process("services.sampler", env, run_dir / f"sampler-{i}.log") for i in range(replicas)]
 
-    def cpu_seconds() -> float:
-        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in samplers)
+    def cpu_seconds() -> dict[str, float]:
+        samplers_s = sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in samplers)
+        return {"samplers": samplers_s, **harness_cpu_seconds()}
 
     try:
         with EventPublisher(settings) as publisher:
@@ -94,13 +123,14 @@ def run(
             started, cpu_started = time.monotonic(), cpu_seconds()
             publisher.publish(batch)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup) + count, 600, "all answers")
-            elapsed, cpu_s = time.monotonic() - started, cpu_seconds() - cpu_started
+            elapsed = time.monotonic() - started
+            cpu_ms = {name: 1000 * (s - cpu_started[name]) / count for name, s in cpu_seconds().items()}
     finally:
         for sampler in samplers:
             sampler.terminate()
         for sampler in samplers:
             sampler.wait(timeout=60)
-    return count / elapsed, 1000 * cpu_s / count
+    return RunResult(count / elapsed, steady_rate(ledger), cpu_ms)
 
 
 def main() -> None:
@@ -121,17 +151,19 @@ def main() -> None:
             with server_process(args.latency, model="test-model") as base_url:
                 print(f"sampler service, server latency {args.latency * 1000:.0f} ms")
                 print(
-                    f"{'concurrency':>11} {'replicas':>8} {'answers':>8} {'answers/s':>10} {'ideal':>8} "
-                    f"{'ratio':>6} {'sampler CPU ms/answer':>22}"
+                    f"{'concurrency':>11} {'replicas':>8} {'answers':>8} {'ideal/s':>8} {'end-to-end/s':>12} "
+                    f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6}   CPU ms/answer: samplers server broker"
                 )
                 for spec in args.runs.split(","):
                     concurrency, replicas = (int(part) for part in spec.split("x"))
                     count = max(20, args.waves * concurrency)
-                    rate, cpu_ms = run(concurrency, replicas, count, bootstrap, tmp, base_url)
+                    result = run(concurrency, replicas, count, bootstrap, tmp, base_url)
                     ideal = concurrency / args.latency
+                    rate, sustained, cpu = result.end_to_end_rate, result.sustained_rate, result.cpu_ms
                     print(
-                        f"{concurrency:>11} {replicas:>8} {count:>8} {rate:>10.1f} {ideal:>8.1f} "
-                        f"{rate / ideal:>6.2f} {cpu_ms:>22.2f}"
+                        f"{concurrency:>11} {replicas:>8} {count:>8} {ideal:>8.1f} {rate:>12.1f} "
+                        f"{rate / ideal:>6.2f} {sustained:>11.1f} {sustained / ideal:>6.2f} "
+                        f"{cpu['samplers']:>30.2f} {cpu['server']:>6.2f} {cpu['broker']:>6.2f}"
                     )
         finally:
             kafka_local.stop_broker(broker)

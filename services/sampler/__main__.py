@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from services.sampler.handler import SamplerContext, handle_instruction
-from services.sampler.settings import SamplerSettings
+from services.sampler.settings import SamplerSettings, with_lanes_for
 from shared.backends.build import build_backend
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
@@ -41,7 +41,7 @@ def main() -> None:
         ready_checks={"ledger": ledger.ping, "backend": backend.check},
     )
     try:
-        serve(definition, common, settings)
+        serve(definition, with_lanes_for(common, model), settings)
     finally:
         backend.close()
         ledger.close()

@@ -225,12 +225,15 @@ class KafkaRuntime:
                 next_lag = now + LAG_INTERVAL_S
 
     def _apply_backpressure(self) -> bool:
-        """Pause each partition holding its share of ``max_buffered`` unfinished messages.
+        """Pause each partition holding its share of ``max_buffered`` unfinished messages, and resume
+        it once it is down to half its share.
 
         A share per partition, not one pause for all: the fetcher serves partitions in a fixed order
         and drops what it fetched for paused ones, so pausing everything whenever the buffer filled
         let the first partitions refill it each time and starved the last one for good (found by
-        the 2,000-instruction chaos run's stall detector). Returns whether any partition is paused.
+        the 2,000-instruction chaos run's stall detector). Resuming at half, not at one below the
+        share, makes each fetch bring half a share instead of a message or two: far fewer fetch
+        round trips and pause/resume flips per message. Returns whether any partition is paused.
         """
         assert self._consumer is not None
         assignment = self._consumer.assignment()
@@ -238,13 +241,14 @@ class KafkaRuntime:
             return False
         share = max(1, self.settings.max_buffered // len(assignment))
         held = self._tracker.in_flight_by_partition()
-        full = {tp for tp in assignment if held.get((tp.topic, tp.partition), 0) >= share}
         paused = self._consumer.paused()
-        if full - paused:
-            self._consumer.pause(*(full - paused))
-        if paused - full:
-            self._consumer.resume(*(paused - full))
-        return bool(full)
+        full = {tp for tp in assignment - paused if held.get((tp.topic, tp.partition), 0) >= share}
+        drained = {tp for tp in paused if held.get((tp.topic, tp.partition), 0) <= share // 2}
+        if full:
+            self._consumer.pause(*full)
+        if drained:
+            self._consumer.resume(*drained)
+        return bool(paused - drained | full)
 
     def _commit(self) -> None:
         ready = self._tracker.take_committable()

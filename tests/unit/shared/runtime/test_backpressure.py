@@ -1,0 +1,76 @@
+"""Per-partition pause and resume of the poll loop (``KafkaRuntime._apply_backpressure``).
+
+The consumer here is a stand-in that only records pauses; the real broker behaviour (no partition
+starves while the buffer is full) is tested in ``tests/integration/test_runtime.py``.
+"""
+
+from kafka.structs import TopicPartition
+
+from shared.contracts.topics import INSTRUCTIONS
+from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
+from shared.settings import CommonSettings
+
+P0, P1 = TopicPartition("instructions", 0), TopicPartition("instructions", 1)
+
+
+class PausingConsumer:
+    def __init__(self, assignment: set[TopicPartition]) -> None:
+        self._assignment = assignment
+        self._paused: set[TopicPartition] = set()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assignment)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused |= set(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused -= set(partitions)
+
+
+def runtime_holding(max_buffered: int) -> tuple[KafkaRuntime, PausingConsumer]:
+    definition = ServiceDefinition(name="t", group_id="t", routes={INSTRUCTIONS.name: lambda event: []})
+    runtime = KafkaRuntime(definition, CommonSettings(max_buffered=max_buffered))
+    consumer = PausingConsumer({P0, P1})
+    runtime._consumer = consumer  # type: ignore[assignment]  # only the pause API is used
+    return runtime, consumer
+
+
+def hold(runtime: KafkaRuntime, tp: TopicPartition, offsets: range) -> None:
+    for offset in offsets:
+        runtime._tracker.started((tp.topic, tp.partition), offset)
+
+
+def finish(runtime: KafkaRuntime, tp: TopicPartition, offsets: range) -> None:
+    for offset in offsets:
+        runtime._tracker.finished((tp.topic, tp.partition), offset)
+
+
+def test_a_partition_pauses_at_its_share_and_resumes_at_half_of_it():
+    runtime, consumer = runtime_holding(max_buffered=12)  # two partitions: a share of 6 each
+    hold(runtime, P0, range(5))
+    assert runtime._apply_backpressure() is False
+    hold(runtime, P0, range(5, 6))
+    assert runtime._apply_backpressure() is True
+    assert consumer.paused() == {P0}
+    finish(runtime, P0, range(2))  # 4 held: above half the share, still paused
+    assert runtime._apply_backpressure() is True
+    assert consumer.paused() == {P0}
+    finish(runtime, P0, range(2, 3))  # 3 held: half the share, fetch again
+    assert runtime._apply_backpressure() is False
+    assert consumer.paused() == set()
+
+
+def test_one_full_partition_never_pauses_another():
+    runtime, consumer = runtime_holding(max_buffered=12)
+    hold(runtime, P0, range(6))
+    hold(runtime, P1, range(5))
+    runtime._apply_backpressure()
+    assert consumer.paused() == {P0}
+    hold(runtime, P1, range(5, 6))
+    finish(runtime, P0, range(6))
+    runtime._apply_backpressure()
+    assert consumer.paused() == {P1}
