@@ -11,7 +11,9 @@ from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
 from shared.contracts.topics import INSTRUCTIONS, RESPONSES
 from shared.ledger import Ledger
+from shared.ledger.async_ledger import AsyncLedger
 from shared.registry import Registry
+from shared.runtime.event_loop import LoopThread
 from shared.runtime.kafka_runtime import ServiceDefinition
 from shared.runtime.service import serve
 from shared.settings import CommonSettings
@@ -24,12 +26,14 @@ def main() -> None:
     model = registry.model(settings.model_id)
     ledger = Ledger(common.ledger_url)
     ledger.migrate()
-    backend = build_backend(model)
+    loop = LoopThread(name="sampler-loop")  # the handler's lanes and the HTTP backend share it
+    backend = build_backend(model, loop=loop)
+    async_ledger = AsyncLedger(ledger)
     ctx = SamplerContext(
         model=model,
         registry=registry,
         backend=backend,
-        ledger=ledger,
+        ledger=async_ledger,
         blobs=BlobStore(common.blob_url),
         image_policy=ImagePolicy(max_pixels=settings.max_pixels),
     )
@@ -39,12 +43,15 @@ def main() -> None:
         routes={INSTRUCTIONS.name: partial(handle_instruction, ctx=ctx)},
         produces=(RESPONSES,),
         ready_checks={"ledger": ledger.ping, "backend": backend.check},
+        loop=loop,
     )
     try:
         serve(definition, with_lanes_for(common, model), settings)
     finally:
         backend.close()
+        async_ledger.close()
         ledger.close()
+        loop.stop()
 
 
 if __name__ == "__main__":

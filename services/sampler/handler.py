@@ -1,7 +1,13 @@
-"""Instruction -> this model's answers. Pure logic: the runtime owns Kafka, commits and the DLQ."""
+"""Instruction -> this model's answers. Pure logic: the runtime owns Kafka, commits and the DLQ.
+
+The handler is a coroutine on the service's event loop: the model call (HTTP on the same loop)
+and the ledger calls (batched in the ledger's threads) are awaited, so a lane is a task, not a
+thread (see ``AsyncLanePool``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -10,7 +16,7 @@ from shared.blobs.images import ImagePolicy, validate_image
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.ids import response_id
-from shared.ledger import Ledger
+from shared.ledger.async_ledger import AsyncLedger
 from shared.registry import ModelEntry, Registry, assigned_models
 
 
@@ -19,7 +25,7 @@ class SamplerContext:
     model: ModelEntry
     registry: Registry
     backend: Backend
-    ledger: Ledger
+    ledger: AsyncLedger
     blobs: BlobStore
     image_policy: ImagePolicy
 
@@ -70,22 +76,30 @@ def to_response(
     )
 
 
-def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Response]:
+def load_images(uris: list[str], blobs: BlobStore, policy: ImagePolicy) -> list[bytes]:
+    """The instruction's images, each checked against the policy (raises on a missing or bad one)."""
+    images = [blobs.get(uri) for uri in uris]
+    for image in images:
+        validate_image(image, policy)
+    return images
+
+
+async def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Response]:
     """Answer an instruction assigned to this model; answers already in the ledger are re-published
     as they are (a redelivery after a crash never calls the model again)."""
     if ctx.model.id not in assigned_models(event.models, ctx.registry, event.instruction_id):
         return []
-    done = [r for r in ctx.ledger.responses_for(event.instruction_id) if r.model_id == ctx.model.id]
+    done = [r for r in await ctx.ledger.responses_for(event.instruction_id) if r.model_id == ctx.model.id]
     if len(done) >= event.samples_per_model:
         return sorted(done, key=lambda r: r.sample_index)[: event.samples_per_model]
-    images = [ctx.blobs.get(uri) for uri in event.image_uris]
-    for image in images:
-        validate_image(image, ctx.image_policy)
+    images: list[bytes] = []
+    if event.image_uris:  # blob reads may go over the network and decoding takes CPU: not on the loop
+        images = await asyncio.to_thread(load_images, event.image_uris, ctx.blobs, ctx.image_policy)
     requests = build_requests(event, ctx.model, images)
-    results = ctx.backend.generate(requests)
+    results = await ctx.backend.agenerate(requests)
     responses = [
         to_response(event, ctx.model.id, i, req.params, res)
         for i, (req, res) in enumerate(zip(requests, results, strict=True))
     ]
-    ctx.ledger.record(event, *responses)  # one transaction: SQLite serialises writers
+    await ctx.ledger.record(event, *responses)  # committed before the runtime publishes them
     return responses

@@ -55,6 +55,10 @@ class Backend(Protocol):
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """``generate`` for coroutines on the service's event loop (the sampler's async handler)."""
+        ...
+
     def check(self) -> None:
         """Raise if the backend cannot serve right now (used by ``/readyz``)."""
         ...

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from shared.backends.base import Backend
 from shared.registry import JudgeEntry, ModelEntry
+from shared.runtime.event_loop import LoopThread
 
 
-def build_backend(entry: ModelEntry | JudgeEntry) -> Backend:
+def build_backend(entry: ModelEntry | JudgeEntry, loop: LoopThread | None = None) -> Backend:
+    """``loop``: the service's event loop, which an HTTP backend then runs on (else its own)."""
     match entry.backend:
         case "openai":
             from shared.backends.openai_http import OpenAIHttpBackend, resolve_api_key
@@ -17,6 +19,7 @@ def build_backend(entry: ModelEntry | JudgeEntry) -> Backend:
                 api_key=resolve_api_key(entry.api_key_env, entry.api_key_file),
                 concurrency=entry.concurrency,
                 timeout_s=entry.timeout_s,
+                loop=loop,
             )
         case "transformers":
             from shared.backends.transformers_local import TransformersBackend

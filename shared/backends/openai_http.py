@@ -1,9 +1,10 @@
 """Backend for any OpenAI-compatible chat API (vLLM, SGLang, OpenAI, the project's test server).
 
-``generate`` is synchronous because the Kafka runtime calls it from worker threads; the HTTP work
-runs on one asyncio loop per backend, in a background thread, so every caller thread shares one
-connection pool and one concurrency limit. Retries are ours alone (the openai client's are off),
-so 429/5xx/timeouts are counted, logged and paced in one place.
+``generate`` is for callers in worker threads, ``agenerate`` for coroutines on the backend's loop
+(the sampler's async handler). The HTTP work runs on one asyncio loop (the service's, when given),
+in a background thread, so every caller shares one connection pool and one concurrency limit.
+Retries are ours alone (the openai client's are off), so 429/5xx/timeouts are counted, logged and
+paced in one place.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import logging
 import os
 import random
 import re
-import threading
 import time
-from collections.abc import Coroutine
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx2
 import openai
-import uvloop
 from openai import AsyncOpenAI, RequestOptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import SecretStr
@@ -32,10 +30,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
+from shared.runtime.event_loop import LoopThread
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Sent when no key is configured: vLLM and SGLang without --api-key accept any bearer token, and the
 # openai client refuses to start without one.
@@ -244,45 +241,6 @@ class BackendMetrics:
         )
 
 
-# --- the event loop thread -----------------------------------------------------------------------
-
-
-class _LoopThread:
-    """One asyncio loop in a daemon thread, started on first use, for sync callers in many threads."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._started_loop()).result()
-
-    def _started_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = uvloop.new_event_loop()
-                self._thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
-                self._thread.start()
-                self._loop = loop
-            return self._loop
-
-    @property
-    def started(self) -> bool:
-        return self._loop is not None
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._loop is None or self._thread is None:
-                return
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
-            self._loop = None
-            self._thread = None
-
-
 # --- the backend ---------------------------------------------------------------------------------
 
 
@@ -309,6 +267,7 @@ class OpenAIHttpBackend:
         backoff_max_s: float = 30,
         image_mode: Literal["data_url"] = "data_url",
         registry: CollectorRegistry | None = None,
+        loop: LoopThread | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -323,7 +282,9 @@ class OpenAIHttpBackend:
         # at high concurrency); the same values the client would use.
         self._request_options: RequestOptions = {"headers": {}, "max_retries": 0, "timeout": timeout_s}
         self._metrics = BackendMetrics(registry if registry is not None else CollectorRegistry())
-        self._loop = _LoopThread(name=f"openai-http-{model}")
+        # The service's loop when it has one (its async handlers then await ``agenerate`` on it).
+        self._loop = loop or LoopThread(name=f"openai-http-{model}")
+        self._owns_loop = loop is None
         self._semaphore = asyncio.Semaphore(concurrency)
         # aiohttp under the SDK (its ``aiohttp`` extra) and uvloop below: httpcore's pool costs CPU
         # per call that grows with the number of connections, which capped throughput at 64 calls.
@@ -343,7 +304,15 @@ class OpenAIHttpBackend:
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Results in request order; raises the first request's error (in order) if any failed."""
-        return self._loop.run(self._generate_all(requests))
+        return self._loop.run(self.agenerate(requests))
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """``generate`` for coroutines running on this backend's loop."""
+        outcomes = await asyncio.gather(*(self._generate_one(r) for r in requests), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]  # no exceptions left after the loop above
 
     def check(self) -> None:
         self._loop.run(self._check())
@@ -351,16 +320,10 @@ class OpenAIHttpBackend:
     def close(self) -> None:
         if self._loop.started:
             self._loop.run(self._client.close())
-        self._loop.stop()
+        if self._owns_loop:
+            self._loop.stop()
 
     # --- internals ---
-
-    async def _generate_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        outcomes = await asyncio.gather(*(self._generate_one(r) for r in requests), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return outcomes  # type: ignore[return-value]  # no exceptions left after the loop above
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         kwargs = build_completion_kwargs(self.model, request)

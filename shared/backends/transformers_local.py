@@ -13,6 +13,7 @@ constrained decoding here): callers validate the reply, as they must with any ba
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from dataclasses import dataclass
@@ -187,6 +188,10 @@ class TransformersBackend:
                 )
             )
         return results
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """In a worker thread: generation holds the CPU or GPU, never the event loop."""
+        return await asyncio.to_thread(self.generate, requests)
 
     def check(self) -> None:
         if self.model is None:

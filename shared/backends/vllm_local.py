@@ -5,6 +5,7 @@ Imported only when a registry entry asks for ``backend: vllm``; the ``gpu`` extr
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from shared.backends.base import GenerationRequest, GenerationResult
@@ -51,6 +52,10 @@ class VllmBackend:
             )
             for out in outputs
         ]
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """In a worker thread: generation holds the CPU or GPU, never the event loop."""
+        return await asyncio.to_thread(self.generate, requests)
 
     def check(self) -> None:
         """In-process: ready once constructed."""

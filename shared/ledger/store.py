@@ -32,7 +32,13 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 # table -> row id -> column values
-_Rows = dict[Any, dict[str, dict[str, Any]]]
+Rows = dict[Any, dict[str, dict[str, Any]]]
+# The tables read per instruction, and the order of their rows.
+_READ_ORDER = {
+    t.ResponseRow: t.ResponseRow.id,
+    t.AnnotationRow: t.AnnotationRow.judge_id,
+    t.PairRow: t.PairRow.id,
+}
 
 
 def _now() -> datetime:
@@ -88,6 +94,15 @@ def _fact_row(event: ev.Event) -> tuple[type[t.Base], dict[str, Any]]:
     raise TypeError(f"{type(event).__name__} is not a ledger fact (jobs are recorded with upsert_job)")
 
 
+def fact_rows(facts: tuple[ev.Event, ...]) -> Rows:
+    """The rows ``Ledger.insert_new`` writes for these facts (a fact given twice is one row)."""
+    rows: Rows = {}
+    for fact in facts:
+        table, values = _fact_row(fact)
+        rows.setdefault(table, {}).setdefault(values["id"], values)
+    return rows
+
+
 class Ledger:
     """One handle per process; thread-safe (a session per call)."""
 
@@ -96,15 +111,8 @@ class Ledger:
         self.engine = _make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Calls from concurrent handler lanes share transactions (see ``Batcher``).
-        self._writes = Batcher(self._insert_new)
-        self._reads = {
-            table: Batcher(partial(self._select_payloads, table, order_by))
-            for table, order_by in (
-                (t.ResponseRow, t.ResponseRow.id),
-                (t.AnnotationRow, t.AnnotationRow.judge_id),
-                (t.PairRow, t.PairRow.id),
-            )
-        }
+        self._writes = Batcher(self.insert_new)
+        self._reads = {table: Batcher(partial(self.select_payloads, table)) for table in _READ_ORDER}
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -153,16 +161,12 @@ class Ledger:
 
         Concurrent calls from other threads may share that transaction (``Batcher``); each returns
         once its facts are committed."""
-        rows: _Rows = {}
-        for fact in facts:
-            table, values = _fact_row(fact)
-            rows.setdefault(table, {}).setdefault(values["id"], values)
-        return self._writes.call(rows)
+        return self._writes.call(fact_rows(facts))
 
-    def _insert_new(self, batch: list[_Rows]) -> list[int]:
+    def insert_new(self, batch: list[Rows]) -> list[int]:
         """One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING id per table (SQLAlchemy's
         insertmanyvalues) for the whole batch; a new row counts for the first call that wrote it."""
-        merged: _Rows = {}
+        merged: Rows = {}
         for rows in batch:
             for table, by_id in rows.items():
                 for row_id, values in by_id.items():
@@ -200,12 +204,12 @@ class Ledger:
     def _payloads(self, table: Any, instruction_id: str) -> list[dict]:
         return self._reads[table].call(instruction_id)
 
-    def _select_payloads(self, table: Any, order_by: Any, instruction_ids: list[str]) -> list[list[dict]]:
-        """The payloads of each instruction (in ``order_by`` order), for a batch of concurrent reads."""
+    def select_payloads(self, table: Any, instruction_ids: list[str]) -> list[list[dict]]:
+        """The payloads of each instruction's rows of ``table``, for a batch of concurrent reads."""
         query = (
             select(table.instruction_id, table.payload)
             .where(table.instruction_id.in_(set(instruction_ids)))
-            .order_by(order_by)
+            .order_by(_READ_ORDER[table])
         )
         found: dict[str, list[dict]] = {}
         with self._transaction() as connection:

@@ -4,8 +4,8 @@ Contract (DESIGN.md "at-least-once, effectively once"):
 - auto-commit is off; a message's offset is committed only after its handler returned (its ledger
   writes done) and every output event (or its DLQ record) was acknowledged by the broker;
 - messages run on ``max_in_flight`` worker lanes; one key's messages run one at a time in arrival
-  order (``LanePool``), so one instruction's events are handled in order, and offsets are
-  committed in order per partition;
+  order (``LanePool``, or ``AsyncLanePool`` for coroutine handlers), so one instruction's events
+  are handled in order, and offsets are committed in order per partition;
 - ``RetryableError``: retried with exponential backoff and jitter, then dead-lettered;
   ``PermanentError``/``ContractError``: dead-lettered at once; anything else: the process stops
   loudly without committing that message, which is redelivered after the restart;
@@ -15,12 +15,14 @@ Contract (DESIGN.md "at-least-once, effectively once"):
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -37,7 +39,8 @@ from shared.contracts.topics import TopicSpec, topic
 from shared.errors import PermanentError, RetryableError
 from shared.runtime.admin import ensure_topics
 from shared.runtime.dlq import dlq_headers
-from shared.runtime.lanes import LanePool
+from shared.runtime.event_loop import LoopThread
+from shared.runtime.lanes import AsyncLanePool, LanePool
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.offsets import OffsetTracker
 from shared.settings import CommonSettings
@@ -45,6 +48,7 @@ from shared.settings import CommonSettings
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], list[Event]]
+AsyncHandler = Callable[[Event], Awaitable[list[Event]]]
 _Send = tuple[str, bytes | None, bytes | None, list]  # topic, key, value, headers
 
 LAG_INTERVAL_S = 5.0
@@ -61,17 +65,25 @@ FETCH_MAX_WAIT_MS = 50
 
 @dataclass(frozen=True)
 class ServiceDefinition:
-    """What a service consumes (topic -> handler) and may produce; checked at start-up."""
+    """What a service consumes (topic -> handler) and may produce; checked at start-up.
+
+    Handlers are plain functions run on lane threads, or, when ``loop`` is given, coroutine
+    functions run as tasks on that event loop (for handlers that mostly await other coroutines,
+    such as the sampler's HTTP calls on the same loop)."""
 
     name: str
     group_id: str
-    routes: dict[str, Handler]
+    routes: dict[str, Handler] | dict[str, AsyncHandler]
     produces: tuple[TopicSpec, ...] = ()
     ready_checks: dict[str, Callable[[], None]] = field(default_factory=dict)
+    loop: LoopThread | None = None
 
     def __post_init__(self) -> None:
-        for name in self.routes:
+        for name, handler in self.routes.items():
             topic(name)  # raises on an unknown topic name
+            if inspect.iscoroutinefunction(handler) != (self.loop is not None):
+                kind = "coroutine functions (a loop is given)" if self.loop else "plain functions (no loop)"
+                raise TypeError(f"{self.name}: the handler for {name} must be one of the {kind}")
         models = [spec.model for spec in self.produces]
         if len(models) != len(set(models)):
             raise ValueError(f"{self.name}: two produced topics share an event model")
@@ -98,7 +110,11 @@ class KafkaRuntime:
         self._fatal: BaseException | None = None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
-        self._lanes = LanePool(definition.name, settings.max_in_flight, self._abandon)
+        self._lanes = (
+            LanePool(definition.name, settings.max_in_flight, self._abandon)
+            if definition.loop is None
+            else AsyncLanePool(settings.max_in_flight, self._abandon, definition.loop)
+        )
         self._republish: queue.Queue = queue.Queue()
         self._republish_thread = threading.Thread(target=self._republisher, name="republisher", daemon=True)
         self._last_tick = time.monotonic()
@@ -139,7 +155,10 @@ class KafkaRuntime:
         self._consumer.subscribe(
             [self._ns + name for name in self.definition.routes], listener=_Rebalance(self)
         )
-        self._lanes.start(self.process)
+        if isinstance(self._lanes, AsyncLanePool):
+            self._lanes.start(self.process_async)
+        else:
+            self._lanes.start(self.process)
         self._republish_thread.start()
         log.info(
             "runtime started",
@@ -331,50 +350,105 @@ class KafkaRuntime:
 
     def process(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
         """Handle one record to completion: outputs acknowledged, or dead-lettered, or abandoned."""
-        name = record.topic.removeprefix(self._ns)
-        spec = topic(name)
-        handler = self.definition.routes[name]
+        spec, handler = self._route(record)
         started = time.monotonic()
-        attempts = 0
-        key = (record.key or b"").decode(errors="replace")
-        with structlog.contextvars.bound_contextvars(key=key, topic=record.topic, offset=record.offset):
-            self._process(record, spec, handler, started, attempts)
-
-    def _process(self, record, spec: TopicSpec, handler: Handler, started: float, attempts: int) -> None:  # noqa: ANN001
-        sends: list[_Send] = []
-        try:
-            while True:
-                attempts += 1
-                try:
-                    sends = self._sends_for(handler(decode(spec, record.value)))
-                    break
-                except RetryableError as exc:
-                    self._count_failure(record.topic, exc)
-                    if attempts >= self.settings.retry_attempts:
+        with self._log_context(record):
+            sends: list[_Send] = []
+            attempts = 0
+            try:
+                while True:
+                    attempts += 1
+                    try:
+                        sends = self._sends_for(handler(decode(spec, record.value)))
+                        break
+                    except RetryableError as exc:
+                        if self._gave_up(record, exc, attempts):
+                            self._dead_letter(record, exc, attempts)
+                            break
+                        if self._abandon.wait(self._backoff_s(attempts)):
+                            raise _Abandoned() from exc
+                    except PermanentError as exc:
+                        self._count_failure(record.topic, exc)
                         self._dead_letter(record, exc, attempts)
                         break
-                    delay = self.settings.retry_backoff_s * 2 ** (attempts - 1)
-                    if self._abandon.wait(delay * (0.5 + random.random())):
-                        raise _Abandoned() from exc
-                except PermanentError as exc:
-                    self._count_failure(record.topic, exc)
-                    self._dead_letter(record, exc, attempts)
-                    break
-        except _Abandoned:
-            return
-        except BaseException as exc:
-            log.exception(
-                "handler crashed on %s[%s]@%s; stopping", record.topic, record.partition, record.offset
-            )
-            self._count_failure(record.topic, exc)
-            self._fatal = self._fatal or exc
-            self._abandon.set()
-            self._stopping.set()
-            return
-        if sends:
+            except _Abandoned:
+                return
+            except BaseException as exc:
+                self._crashed(record, exc)
+                return
             self._publish_then_finish(record, sends, started)
-        else:
-            self._finish(record, started, [])
+
+    async def process_async(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
+        """``process`` for coroutine handlers, on the service's loop. Dead-lettering, which waits for
+        the broker, runs in a worker thread so the loop's other messages go on meanwhile."""
+        spec, handler = self._route(record)
+        started = time.monotonic()
+        with self._log_context(record):
+            sends: list[_Send] = []
+            attempts = 0
+            try:
+                while True:
+                    attempts += 1
+                    try:
+                        sends = self._sends_for(await handler(decode(spec, record.value)))
+                        break
+                    except RetryableError as exc:
+                        if self._gave_up(record, exc, attempts):
+                            await asyncio.to_thread(self._dead_letter, record, exc, attempts)
+                            break
+                        await self._sleep_unless_abandoned(self._backoff_s(attempts))
+                    except PermanentError as exc:
+                        self._count_failure(record.topic, exc)
+                        await asyncio.to_thread(self._dead_letter, record, exc, attempts)
+                        break
+            except (_Abandoned, asyncio.CancelledError):  # the loop is ending: left uncommitted
+                return
+            except BaseException as exc:
+                self._crashed(record, exc)
+                return
+            self._publish_then_finish(record, sends, started)
+
+    def _route(self, record) -> tuple[TopicSpec, Handler | AsyncHandler]:  # noqa: ANN001
+        name = record.topic.removeprefix(self._ns)
+        return topic(name), self.definition.routes[name]
+
+    def _log_context(self, record):  # noqa: ANN001, ANN202 - a context manager
+        key = (record.key or b"").decode(errors="replace")
+        return structlog.contextvars.bound_contextvars(key=key, topic=record.topic, offset=record.offset)
+
+    def _gave_up(self, record, error: RetryableError, attempts: int) -> bool:  # noqa: ANN001
+        """Count the failure; whether its retries are spent (the message is then dead-lettered)."""
+        self._count_failure(record.topic, error)
+        return attempts >= self.settings.retry_attempts
+
+    def _backoff_s(self, attempts: int) -> float:
+        """Exponential backoff with jitter before retry ``attempts + 1``."""
+        return self.settings.retry_backoff_s * 2 ** (attempts - 1) * (0.5 + random.random())
+
+    async def _sleep_unless_abandoned(self, delay_s: float) -> None:
+        """Sleep, in steps short enough to notice that the runtime gave up on unfinished messages."""
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self._abandon.is_set():
+                raise _Abandoned()
+            await asyncio.sleep(min(left, 0.2))
+        if self._abandon.is_set():
+            raise _Abandoned()
+
+    def _crashed(self, record, error: BaseException) -> None:  # noqa: ANN001
+        """A handler raised something that is neither retryable nor permanent: stop the service loudly,
+        leaving the message uncommitted (it is redelivered after the restart)."""
+        log.error(
+            "handler crashed on %s[%s]@%s; stopping",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc_info=error,
+        )
+        self._count_failure(record.topic, error)
+        self._fatal = self._fatal or error
+        self._abandon.set()
+        self._stopping.set()
 
     def _finish(self, record, started: float, sends: list[_Send]) -> None:  # noqa: ANN001
         """The message is done (outputs acknowledged): its offset may now be committed."""
@@ -387,8 +461,12 @@ class KafkaRuntime:
 
     def _publish_then_finish(self, record, sends: list[_Send], started: float) -> None:  # noqa: ANN001
         """Send without waiting: the lane moves on, and the offset is finished from the producer's ack
-        callbacks. A failed send goes to the republisher, which retries until the broker takes it."""
+        callbacks (at once when there is nothing to send). A failed send goes to the republisher,
+        which retries until the broker takes it."""
         assert self._producer is not None
+        if not sends:
+            self._finish(record, started, [])
+            return
         state = {"remaining": len(sends), "failed": False}
         lock = threading.Lock()
 

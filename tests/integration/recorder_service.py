@@ -2,11 +2,13 @@
 instruction with an echo response. Run as ``python -m tests.integration.recorder_service``.
 
 Test knobs (environment): RECORDER_KILL_AFTER=N SIGKILLs the process right after the N-th ledger write
-(before its outputs are published or its offset committed); RECORDER_DELAY_S slows each message.
+(before its outputs are published or its offset committed); RECORDER_DELAY_S slows each message;
+RECORDER_ASYNC=1 runs a coroutine handler on an event loop (``AsyncLanePool``) instead of threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -15,6 +17,7 @@ import time
 from shared.contracts import events as ev
 from shared.contracts.topics import ALL_TOPICS, RESPONSES
 from shared.ledger import Ledger
+from shared.runtime.event_loop import LoopThread
 from shared.runtime.kafka_runtime import ServiceDefinition
 from shared.runtime.service import serve
 from shared.settings import CommonSettings
@@ -31,6 +34,13 @@ class Recorder:
 
     def handle(self, event: ev.Event) -> list[ev.Event]:
         time.sleep(self.delay_s)
+        return self.record(event)
+
+    async def handle_async(self, event: ev.Event) -> list[ev.Event]:
+        await asyncio.sleep(self.delay_s)
+        return await asyncio.to_thread(self.record, event)
+
+    def record(self, event: ev.Event) -> list[ev.Event]:
         match event:
             case ev.TrainRequest() | ev.EvalRequest():
                 kind = "train" if isinstance(event, ev.TrainRequest) else "eval"
@@ -62,12 +72,15 @@ def main() -> None:
         float(os.environ.get("RECORDER_DELAY_S", "0")),
     )
     topics = os.environ.get("RECORDER_TOPICS", ",".join(t.name for t in ALL_TOPICS)).split(",")
+    loop = LoopThread("recorder-loop") if os.environ.get("RECORDER_ASYNC") else None
+    handler = recorder.handle if loop is None else recorder.handle_async
     definition = ServiceDefinition(
         name="recorder",
         group_id=os.environ.get("RECORDER_GROUP", "vlf-recorder"),
-        routes={name: recorder.handle for name in topics},
+        routes={name: handler for name in topics},
         produces=(RESPONSES,),
         ready_checks={"ledger": ledger.ping},
+        loop=loop,
     )
     serve(definition, common)
 

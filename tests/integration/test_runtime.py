@@ -7,6 +7,7 @@ import signal
 import subprocess
 
 import httpx
+import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
@@ -25,6 +26,13 @@ from tests.integration.kafka_helpers import (
 )
 
 RECORDER = "tests.integration.recorder_service"
+
+
+@pytest.fixture(params=["thread-lanes", "async-lanes"])
+def lanes(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The recorder's handler on lane threads, or as a coroutine on an event loop (``AsyncLanePool``):
+    both must keep the runtime's guarantees."""
+    return {"RECORDER_ASYNC": "1"} if request.param == "async-lanes" else {}
 
 
 def _produce_events(bootstrap: str, namespace: str, events: list[ev.Event]) -> None:
@@ -79,7 +87,7 @@ def test_every_event_type_round_trips_to_the_ledger(kafka_bootstrap, namespace, 
 
 
 def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
-    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path, lanes
 ):
     name = namespace + topics.INSTRUCTIONS.name
     create_topics(kafka_bootstrap, [name], partitions=1)
@@ -100,7 +108,12 @@ def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
     ]
     produce(kafka_bootstrap, name, messages, headers=[("trace-id", b"abc")])
     env = service_env(
-        kafka_bootstrap, namespace, ledger_url, VLF_HTTP_PORT="0", RECORDER_TOPICS=topics.INSTRUCTIONS.name
+        kafka_bootstrap,
+        namespace,
+        ledger_url,
+        VLF_HTTP_PORT="0",
+        RECORDER_TOPICS=topics.INSTRUCTIONS.name,
+        **lanes,
     )
     process = start_process(RECORDER, env, tmp_path / "log")
     try:
@@ -121,12 +134,17 @@ def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
 
 
 def test_sigkill_between_ledger_write_and_commit_loses_and_duplicates_nothing(
-    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path, lanes
 ):
     events = [factories.instruction(i) for i in range(30)]
     _produce_events(kafka_bootstrap, namespace, events)
     env = service_env(
-        kafka_bootstrap, namespace, ledger_url, VLF_HTTP_PORT="0", RECORDER_TOPICS=topics.INSTRUCTIONS.name
+        kafka_bootstrap,
+        namespace,
+        ledger_url,
+        VLF_HTTP_PORT="0",
+        RECORDER_TOPICS=topics.INSTRUCTIONS.name,
+        **lanes,
     )
     killed = start_process(RECORDER, {**env, "RECORDER_KILL_AFTER": "10"}, tmp_path / "log")
     assert killed.wait(timeout=90) == -signal.SIGKILL
@@ -155,7 +173,7 @@ def _committed(bootstrap: str, namespace: str, group: str = "vlf-recorder") -> i
 
 
 def test_sigterm_mid_stream_exits_cleanly_without_loss_or_duplicates(
-    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path, lanes
 ):
     events = [factories.instruction(i) for i in range(300)]
     _produce_events(kafka_bootstrap, namespace, events)
@@ -165,6 +183,7 @@ def test_sigterm_mid_stream_exits_cleanly_without_loss_or_duplicates(
         ledger_url,
         VLF_HTTP_PORT="0",
         RECORDER_TOPICS=topics.INSTRUCTIONS.name,
+        **lanes,
         RECORDER_DELAY_S="0.05",
         VLF_MAX_IN_FLIGHT="4",
     )

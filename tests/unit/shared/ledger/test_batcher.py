@@ -1,8 +1,10 @@
+import asyncio
 import threading
+import time
 
 import pytest
 
-from shared.ledger.batcher import Batcher
+from shared.ledger.batcher import AsyncBatcher, Batcher
 
 
 def _run_concurrently(count: int, target) -> None:  # noqa: ANN001
@@ -69,3 +71,39 @@ def test_the_lead_passes_on_after_an_error_so_no_caller_waits_forever():
 
     _run_concurrently(16, call)
     assert len(errors) == 16
+
+
+# --- AsyncBatcher: the same for tasks of one event loop, batches run in the batcher's thread ---
+
+
+def test_async_calls_share_batches_and_each_gets_its_own_result_or_error():
+    batch_sizes: list[int] = []
+    loop_threads: set[str] = set()
+
+    def reciprocal_all(items: list[int]) -> list[float]:
+        batch_sizes.append(len(items))
+        loop_threads.add(threading.current_thread().name)
+        time.sleep(0.01)  # slow enough that the other callers queue up meanwhile
+        return [1 / item for item in items]  # 0 fails the batch; each item then runs alone
+
+    batcher = AsyncBatcher(reciprocal_all, "test-batcher")
+
+    async def call_all() -> list[object]:
+        async def one(i: int) -> object:
+            try:
+                return await batcher.call(i % 8)
+            except ZeroDivisionError as exc:
+                return exc
+
+        return await asyncio.gather(*(one(i) for i in range(64)))
+
+    results = asyncio.run(call_all())
+    batcher.close()
+    for i, result in enumerate(results):
+        if i % 8 == 0:
+            assert isinstance(result, ZeroDivisionError)
+        else:
+            assert result == pytest.approx(1 / (i % 8))
+    assert len(batch_sizes) < 64 + 8  # batched (plus the one-by-one reruns of failed batches)
+    assert max(batch_sizes) > 1
+    assert all(name.startswith("test-batcher") for name in loop_threads)  # never on the loop
