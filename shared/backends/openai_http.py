@@ -26,7 +26,6 @@ import openai
 from openai import AsyncOpenAI, RequestOptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
@@ -282,6 +281,12 @@ class OpenAIHttpBackend:
         # at high concurrency); the same values the client would use.
         self._request_options: RequestOptions = {"headers": {}, "max_retries": 0, "timeout": timeout_s}
         self._metrics = BackendMetrics(registry if registry is not None else CollectorRegistry())
+        # The series of every successful call, bound once (``labels()`` is a locked lookup).
+        self._ok_requests = self._metrics.requests.labels(model, "ok")
+        self._tokens_in = self._metrics.tokens.labels(model, "in")
+        self._tokens_out = self._metrics.tokens.labels(model, "out")
+        self._latency = self._metrics.latency.labels(model)
+        self._in_flight = self._metrics.in_flight.labels(model)
         # The service's loop when it has one (its async handlers then await ``agenerate`` on it).
         self._loop = loop or LoopThread(name=f"openai-http-{model}")
         self._owns_loop = loop is None
@@ -332,21 +337,28 @@ class OpenAIHttpBackend:
                 result = await self._call_with_retries(kwargs)
             except (openai.APIError, TransientBackendError) as error:
                 raise self._classified(error) from None
-        self._metrics.requests.labels(self.model, "ok").inc()
-        self._metrics.tokens.labels(self.model, "in").inc(result.prompt_tokens)
-        self._metrics.tokens.labels(self.model, "out").inc(result.completion_tokens)
-        self._metrics.latency.labels(self.model).observe(result.latency_s)
+        self._ok_requests.inc()
+        self._tokens_in.inc(result.prompt_tokens)
+        self._tokens_out.inc(result.completion_tokens)
+        self._latency.observe(result.latency_s)
         return result
 
     async def _call_with_retries(self, kwargs: dict[str, Any]) -> GenerationResult:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self._max_retries + 1),
-            wait=self._wait_s,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        return await retrying(self._call_once, kwargs)
+        """Transient failures are retried after ``_wait_s``, up to ``max_retries`` times; the last
+        error is raised. A plain loop, not tenacity: its setup for every call (retry state, action
+        lists, coroutine checks) cost 7% of the sampler's CPU at 64 calls in flight, where almost
+        every call succeeds at once."""
+        attempt = 1
+        while True:
+            try:
+                return await self._call_once(kwargs)
+            except (openai.APIError, TransientBackendError) as error:
+                if attempt > self._max_retries or not is_transient(error):
+                    raise
+                wait_s = self._wait_s(error, attempt)
+                self._log_retry(error, attempt, wait_s)
+            await asyncio.sleep(wait_s)
+            attempt += 1
 
     async def _call_once(self, kwargs: dict[str, Any]) -> GenerationResult:
         """One HTTP call. ``client.post`` (the SDK's documented raw route) skips the SDK's params
@@ -354,7 +366,7 @@ class OpenAIHttpBackend:
         throughput at high concurrency; the payload is already built by ``build_completion_kwargs``."""
         started = time.perf_counter()
         try:
-            with self._metrics.in_flight.labels(self.model).track_inprogress():
+            with self._in_flight.track_inprogress():
                 response = await self._client.post(
                     "/chat/completions", body=kwargs, cast_to=httpx2.Response, options=self._request_options
                 )
@@ -363,25 +375,22 @@ class OpenAIHttpBackend:
             self._metrics.errors.labels(self.model, error_kind(error)).inc()
             raise
 
-    def _wait_s(self, retry_state: RetryCallState) -> float:
-        """Retry-After when the server gave one, else full jitter: uniform(0, base * 2^(n-1))."""
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        requested = retry_after_s(error) if error else None
+    def _wait_s(self, error: BaseException, attempt: int) -> float:
+        """Retry-After when the server gave one, else full jitter: uniform(0, base * 2^(attempt-1))."""
+        requested = retry_after_s(error)
         if requested is not None:
             return min(requested, self._backoff_max_s)
-        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (retry_state.attempt_number - 1))
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(0, ceiling)
 
-    def _log_retry(self, retry_state: RetryCallState) -> None:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        wait_s = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    def _log_retry(self, error: BaseException, attempt: int, wait_s: float) -> None:
         log.warning(
             "backend call failed, retrying: model=%s attempt=%d kind=%s wait_s=%.2f error=%s",
             self.model,
-            retry_state.attempt_number,
-            error_kind(error) if error else "unknown",
+            attempt,
+            error_kind(error),
             wait_s,
-            self._describe(error) if error else "",
+            self._describe(error),
         )
 
     def _classified(
