@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
@@ -396,13 +397,21 @@ def _outages_as_unavailable() -> Iterator[None]:
         raise LedgerUnavailable(f"ledger unavailable: {exc.orig}") from exc
 
 
+def _to_json(payload: Any) -> str:
+    """JSON columns are written by pydantic-core's serializer: a fact's payload (a JSON-mode dump)
+    serialises several times faster than with ``json.dumps``; NaN and infinities stay as they were."""
+    return pydantic_core.to_json(payload, inf_nan_mode="constants").decode()
+
+
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, json_serializer=_to_json)
     database = url.split("///", 1)[-1]
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(
+        url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=_to_json
+    )
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001

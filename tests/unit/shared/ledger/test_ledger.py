@@ -44,6 +44,20 @@ def test_record_is_insert_or_ignore(ledger):
     assert ledger.count(ev.Instruction) == 1
 
 
+def test_facts_come_back_exactly_as_recorded_whatever_their_text(ledger):
+    """Payloads are written by pydantic-core's JSON serializer, not ``json.dumps``: non-ASCII text,
+    quotes, control characters and the metadata map must come back unchanged."""
+    inst = ev.Instruction(
+        instruction_id="inst-unicode",
+        prompt="Qu'est-ce que c'est ? 猫 🐈 \"quoted\" back\\slash\ttab\nnew line \u2028",
+        models=["a", "b"],
+        metadata={"source": "用户", "empty": ""},
+    )
+    ledger.record(inst, _response(inst, "a"))
+    assert ledger.instruction(inst.instruction_id) == inst
+    assert ledger.responses_for(inst.instruction_id)[0].instruction == inst
+
+
 def test_responses_are_found_by_instruction(ledger):
     inst = _instruction()
     ledger.record(_response(inst, "a"), _response(inst, "b"), _response(_instruction(2), "a"))
