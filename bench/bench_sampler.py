@@ -12,7 +12,7 @@ CPU-bound, and only less CPU per answer or more replicas help; all three share t
 ``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
 a deployment scales a model past one core: more replicas, one partition each at most).
 
-Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 40] [--runs 1x1,16x1,64x1,64x2]``
+Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 100] [--runs 1x1,16x1,64x1,64x2]``
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--waves", type=int, default=40, help="Requests per run = waves x concurrency.")
+    parser.add_argument("--waves", type=int, default=100, help="Requests per run = waves x concurrency.")
     parser.add_argument(
         "--runs",
         default="1x1,16x1,64x1,64x2",

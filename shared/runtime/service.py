@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -27,6 +28,20 @@ def settings_view(*all_settings: BaseSettings) -> dict:
     return view
 
 
+# A collection starts after this many new container objects (CPython's default is 700).
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """Move everything built at start-up (modules, schemas, ORM metadata, clients: most of the heap)
+    out of the cyclic collector's sight, and collect less often. With CPython's defaults the sampler
+    spent 8% of its CPU in 521 collections during a 6,400-answer run of ``bench_sampler`` (each
+    full one scanned that whole heap); with this, 5 collections took 0.05 s. Reference counting
+    still frees almost everything at once; only cyclic garbage waits for the next collection."""
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def serve(
     definition: ServiceDefinition,
     common: CommonSettings,
@@ -41,6 +56,7 @@ def serve(
     """
     configure_logging(common.log_level, json_logs=common.log_json)
     runtime = KafkaRuntime(definition, common, registry)
+    tune_garbage_collector()
     app = create_app(runtime, settings_view=settings_view(common, *service_settings), title=definition.name)
     server = uvicorn.Server(
         uvicorn.Config(
