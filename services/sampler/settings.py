@@ -18,9 +18,9 @@ def with_lanes_for(common: CommonSettings, model: ModelEntry) -> CommonSettings:
     """At least twice as many lanes as the model takes calls at once (and a buffer twice the lanes).
 
     With one lane per call slot, each slot idles while its lane does the message's ledger and Kafka
-    work (~30 ms a message at 64 lanes); with twice as many, other lanes' calls fill it.
-    ``bench/bench_sampler.py`` at 64 calls of 200 ms, without the HTTP client's CPU: 0.83 -> 0.95
-    of the ideal rate. A larger ``VLF_MAX_IN_FLIGHT`` still wins.
+    work (~30 ms a message at 64 lanes); with twice as many, other lanes' calls fill it. Measured
+    with ``bench/bench_sampler.py`` at 64 calls of 200 ms, the call replaced by a sleep: 0.83 ->
+    0.95 of the ideal rate. A larger ``VLF_MAX_IN_FLIGHT`` still wins.
     """
     lanes = max(common.max_in_flight, 2 * model.concurrency)
     return common.model_copy(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from dataclasses import dataclass
 from itertools import groupby
@@ -125,6 +126,7 @@ class TransformersBackend:
         self.model = model.to(self.device).eval()
         self.max_positions = self.model.config.get_text_config().max_position_embeddings
         self.eos_ids = self._eos_ids()
+        self._generating = threading.Lock()
 
     def _eos_ids(self) -> set[int]:
         configured = self.model.generation_config.eos_token_id
@@ -133,12 +135,15 @@ class TransformersBackend:
         return ids
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Every batch is prepared and length-checked before any is generated, so nothing is wasted."""
-        prepared = [self._prepare(batch) for batch in batches_by_params(requests, self.max_batch_size)]
-        results: dict[int, GenerationResult] = {}
-        for batch in prepared:
-            results.update(zip(batch.indices, self._generate_batch(batch), strict=True))
-        return [results[index] for index in range(len(requests))]
+        """Every batch is prepared and length-checked before any is generated, so nothing is wasted.
+        One call at a time: callers in several threads (lanes, ``agenerate``) would otherwise fight
+        over the device and over the process-wide RNG a seeded batch forks."""
+        with self._generating:
+            prepared = [self._prepare(batch) for batch in batches_by_params(requests, self.max_batch_size)]
+            results: dict[int, GenerationResult] = {}
+            for batch in prepared:
+                results.update(zip(batch.indices, self._generate_batch(batch), strict=True))
+            return [results[index] for index in range(len(requests))]
 
     def _prepare(self, batch: list[tuple[int, GenerationRequest]]) -> PreparedBatch:
         texts = [

@@ -6,6 +6,7 @@ Imported only when a registry entry asks for ``backend: vllm``; the ``gpu`` extr
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from shared.backends.base import GenerationRequest, GenerationResult
@@ -20,6 +21,7 @@ class VllmBackend:
         self._llm = LLM(model=model, limit_mm_per_prompt={"image": 8}, **engine_args)
         self._max_len = self._llm.llm_engine.model_config.max_model_len
         self.max_batch_size = max_batch_size
+        self._generating = threading.Lock()  # ``LLM`` is not thread-safe: one batch at a time
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSampling
@@ -36,7 +38,8 @@ class VllmBackend:
             for r in requests
         ]
         try:
-            outputs = self._llm.chat(conversations, params, use_tqdm=False)
+            with self._generating:
+                outputs = self._llm.chat(conversations, params, use_tqdm=False)
         except ValueError as exc:
             if "longer than the maximum model length" in str(exc) or "max_model_len" in str(exc):
                 raise ContextLengthError(str(exc)) from exc

@@ -7,9 +7,9 @@ throughput at 16 lanes. Now lanes share one queue; a message whose key is alread
 behind it, and the lane that finishes a key's message takes that key's next one.
 
 ``LanePool`` runs plain handlers on threads; ``AsyncLanePool`` runs coroutine handlers as tasks on
-the service's event loop, where a message costs no thread hand-offs (the sampler: at 64 model calls
-in flight, the hand-offs between lane threads, the ledger batcher and the HTTP loop took about a
-fifth of its CPU).
+the service's event loop, where a message costs no thread hand-offs (the sampler at 64 model calls
+in flight: 4.7 ms of CPU per answer on lane threads, whose hand-offs to the ledger batcher and the
+HTTP loop and back were a quarter of it; 3.4 ms on tasks).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The in-process backend answers real tokens from the tiny models, batched, with images."""
 
+import asyncio
 import io
 
 import pytest
@@ -74,6 +75,21 @@ def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(backend):
 
     assert sample(1) == sample(1)
     assert len({sample(seed) for seed in range(4)}) > 1
+
+
+def test_seeded_samples_are_the_same_when_asked_from_many_coroutines_at_once(backend):
+    """The sampler awaits ``agenerate`` from many lanes at once; each seeded answer must still be
+    the one a lone call gives (concurrent calls must not share the RNG a seeded batch forks)."""
+    requests = [
+        ask("Describe the image.", [png("green")], temperature=1.5, max_tokens=12, seed=s) for s in range(6)
+    ]
+    alone = [backend.generate([request])[0].text for request in requests]
+
+    async def all_at_once() -> list[str]:
+        results = await asyncio.gather(*(backend.agenerate([request]) for request in requests))
+        return [result[0].text for result in results]
+
+    assert asyncio.run(all_at_once()) == alone
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_any_generation(backend):
