@@ -10,12 +10,14 @@ import pytest
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
+from shared.contracts import topics
 from shared.ledger import Ledger
 from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
+from shared.runtime.dlq import read_dlq_headers
 from shared.submit import SubmitRecord, build_instruction
-from tests.integration.kafka_helpers import wait_until
+from tests.integration.kafka_helpers import consume_all, wait_until
 from tests.integration.pipeline_helpers import COLOURS, Pipeline, png, write_registry
 
 
@@ -99,3 +101,42 @@ def test_samplers_answer_exactly_their_assignment(kafka_bootstrap, namespace, le
         and response.completion_tokens > 0
         and response.sampling.temperature == 0.7
     )
+
+
+def test_an_instruction_that_cannot_be_answered_is_dead_lettered_with_the_reason_and_the_rest_go_on(
+    kafka_bootstrap, namespace, ledger_url, tmp_path
+):
+    """A missing image and a prompt over the model's context are permanent failures: each goes to
+    the DLQ with its reason, once, while the other instructions are answered."""
+    limited = serve_in_thread(TestServerConfig(latency_s=0.01, context_limit_tokens=200))
+    registry = write_registry(tmp_path / "registry.yaml", limited.base_url, ["m1"], k=1)
+    pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    good = [
+        ev.Instruction(instruction_id=f"good-instruction-{n}", prompt=f"Say {n}.", models=["m1"])
+        for n in range(4)
+    ]
+    missing_image = ev.Instruction(
+        instruction_id="bad-image-instruction",
+        prompt="What is it?",
+        image_uris=["sha256:" + "0" * 64 + ".png"],
+        models=["m1"],
+    )
+    too_long = ev.Instruction(instruction_id="bad-length-instruction", prompt="word " * 500, models=["m1"])
+    try:
+        with EventPublisher(pipeline.settings) as publisher:
+            publisher.publish([good[0], missing_image, good[1], too_long, good[2], good[3]])
+        pipeline.start("services.sampler", "sampler-m1", VLF_SAMPLER_MODEL_ID="m1")
+        wait_until(lambda: ledger.count(ev.Response) == len(good), 60, "the good instructions answered")
+        dead = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=2)
+    finally:
+        failures = pipeline.stop_all()
+        limited.stop()
+    assert not failures, failures
+    reasons = {record.key.decode(): read_dlq_headers(record.headers) for record in dead}
+    assert set(reasons) == {"bad-image-instruction", "bad-length-instruction"}
+    assert reasons["bad-image-instruction"]["error.class"] == "BlobNotFound"
+    assert reasons["bad-length-instruction"]["error.class"] == "ContextLengthError"
+    assert "context" in reasons["bad-length-instruction"]["error.message"].lower()
+    assert {r.instruction_id for r in ledger.iter_facts(ev.Response)} == {i.instruction_id for i in good}
