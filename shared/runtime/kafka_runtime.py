@@ -361,16 +361,13 @@ class KafkaRuntime:
                     try:
                         sends = self._sends_for(handler(decode(spec, record.value)))
                         break
-                    except RetryableError as exc:
-                        if self._gave_up(record, exc, attempts):
+                    except (RetryableError, PermanentError) as exc:
+                        delay_s = self._retry_delay_s(record, exc, attempts)
+                        if delay_s is None:
                             self._dead_letter(record, exc, attempts)
                             break
-                        if self._abandon.wait(self._backoff_s(attempts)):
+                        if self._abandon.wait(delay_s):
                             raise _Abandoned() from exc
-                    except PermanentError as exc:
-                        self._count_failure(record.topic, exc)
-                        self._dead_letter(record, exc, attempts)
-                        break
             except _Abandoned:
                 return
             except BaseException as exc:
@@ -392,15 +389,12 @@ class KafkaRuntime:
                     try:
                         sends = self._sends_for(await handler(decode(spec, record.value)))
                         break
-                    except RetryableError as exc:
-                        if self._gave_up(record, exc, attempts):
+                    except (RetryableError, PermanentError) as exc:
+                        delay_s = self._retry_delay_s(record, exc, attempts)
+                        if delay_s is None:
                             await asyncio.to_thread(self._dead_letter, record, exc, attempts)
                             break
-                        await self._sleep_unless_abandoned(self._backoff_s(attempts))
-                    except PermanentError as exc:
-                        self._count_failure(record.topic, exc)
-                        await asyncio.to_thread(self._dead_letter, record, exc, attempts)
-                        break
+                        await self._sleep_unless_abandoned(delay_s)
             except (_Abandoned, asyncio.CancelledError):  # the loop is ending: left uncommitted
                 return
             except BaseException as exc:
@@ -416,13 +410,17 @@ class KafkaRuntime:
         key = (record.key or b"").decode(errors="replace")
         return structlog.contextvars.bound_contextvars(key=key, topic=record.topic, offset=record.offset)
 
-    def _gave_up(self, record, error: RetryableError, attempts: int) -> bool:  # noqa: ANN001
-        """Count the failure; whether its retries are spent (the message is then dead-lettered)."""
+    def _retry_delay_s(
+        self,
+        record,  # noqa: ANN001
+        error: RetryableError | PermanentError,
+        attempts: int,
+    ) -> float | None:
+        """Count the failure; the backoff (exponential, with jitter) before the next attempt, or None
+        when the message is to be dead-lettered now (a permanent error, or its retries are spent)."""
         self._count_failure(record.topic, error)
-        return attempts >= self.settings.retry_attempts
-
-    def _backoff_s(self, attempts: int) -> float:
-        """Exponential backoff with jitter before retry ``attempts + 1``."""
+        if isinstance(error, PermanentError) or attempts >= self.settings.retry_attempts:
+            return None
         return self.settings.retry_backoff_s * 2 ** (attempts - 1) * (0.5 + random.random())
 
     async def _sleep_unless_abandoned(self, delay_s: float) -> None:
