@@ -53,8 +53,9 @@ _Send = tuple[str, bytes | None, bytes | None, list]  # topic, key, value, heade
 
 LAG_INTERVAL_S = 5.0
 POLL_TIMEOUT_MS = 200
-# While a partition is paused, the loop comes back this often to resume it as soon as lanes have
-# finished its messages; a full POLL_TIMEOUT_MS wait there made the runtime latency-bound.
+# While some partitions are paused and others fetch, the loop comes back this often to resume the
+# paused ones as soon as lanes have finished their messages; a full POLL_TIMEOUT_MS wait there made
+# the runtime latency-bound. (With every partition paused it waits for lanes to drain one instead.)
 PAUSED_POLL_TIMEOUT_MS = 10
 PUBLISH_TIMEOUT_S = 30.0
 # How long the broker may hold a fetch that found no new data. One fetch at a time goes to each
@@ -105,6 +106,10 @@ class KafkaRuntime:
         self.registry = registry or CollectorRegistry()
         self.metrics = RuntimeMetrics(self.registry)
         self._tracker = OffsetTracker()
+        # Set when a lane's finished message brings its partition down to where it may resume
+        # (``_resume_at`` held), so a loop with every partition paused wakes at once, not by polling.
+        self._drained = threading.Event()
+        self._resume_at = 0
         self._stopping = threading.Event()  # stop fetching; lanes finish what they were given
         self._abandon = threading.Event()  # grace period over (or a crash): leave the rest uncommitted
         self._fatal: BaseException | None = None
@@ -225,9 +230,17 @@ class KafkaRuntime:
         next_commit = next_lag = time.monotonic()
         while not self._stopping.is_set():
             self._last_tick = time.monotonic()
+            self._drained.clear()
             paused = self._apply_backpressure()
+            if paused and paused == self._consumer.assignment():
+                # Nothing to fetch until lanes drain a partition: wait for that, not in 10 ms polls
+                # (100 wake-ups a second that took the GIL from the lanes). poll(0) below still runs
+                # at least every POLL_TIMEOUT_MS, for rebalances and the max poll interval.
+                self._drained.wait(POLL_TIMEOUT_MS / 1000)
+                timeout_ms = 0
+            else:
+                timeout_ms = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
             room = max(1, self.settings.max_buffered - self._tracker.in_flight())
-            timeout_ms = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
             batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=room)
             for tp, records in batch.items():
                 for record in records:
@@ -243,7 +256,7 @@ class KafkaRuntime:
                 self._update_lag()
                 next_lag = now + LAG_INTERVAL_S
 
-    def _apply_backpressure(self) -> bool:
+    def _apply_backpressure(self) -> set[TopicPartition]:
         """Pause each partition holding its share of ``max_buffered`` unfinished messages, and resume
         it once it is down to half its share.
 
@@ -252,13 +265,14 @@ class KafkaRuntime:
         let the first partitions refill it each time and starved the last one for good (found by
         the 2,000-instruction chaos run's stall detector). Resuming at half, not at one below the
         share, makes each fetch bring half a share instead of a message or two: far fewer fetch
-        round trips and pause/resume flips per message. Returns whether any partition is paused.
+        round trips and pause/resume flips per message. Returns the partitions now paused.
         """
         assert self._consumer is not None
         assignment = self._consumer.assignment()
         if not assignment:
-            return False
+            return set()
         share = max(1, self.settings.max_buffered // len(assignment))
+        self._resume_at = share // 2
         held = self._tracker.in_flight_by_partition()
         paused = self._consumer.paused()
         full = {tp for tp in assignment - paused if held.get((tp.topic, tp.partition), 0) >= share}
@@ -267,7 +281,7 @@ class KafkaRuntime:
             self._consumer.pause(*full)
         if drained:
             self._consumer.resume(*drained)
-        return bool(paused - drained | full)
+        return paused - drained | full
 
     def _commit(self) -> None:
         ready = self._tracker.take_committable()
@@ -455,7 +469,8 @@ class KafkaRuntime:
         self.metrics.handler_seconds.labels(self.definition.name, record.topic).observe(
             time.monotonic() - started
         )
-        self._tracker.finished((record.topic, record.partition), record.offset)
+        if self._tracker.finished((record.topic, record.partition), record.offset) <= self._resume_at:
+            self._drained.set()
 
     def _publish_then_finish(self, record, sends: list[_Send], started: float) -> None:  # noqa: ANN001
         """Send without waiting: the lane moves on, and the offset is finished from the producer's ack

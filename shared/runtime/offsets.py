@@ -32,16 +32,18 @@ class OffsetTracker:
         with self._lock:
             self._partitions.setdefault(tp, _PartitionOffsets()).pending.append(offset)
 
-    def finished(self, tp: TopicPartitionKey, offset: int) -> None:
+    def finished(self, tp: TopicPartitionKey, offset: int) -> int:
+        """Mark an offset done; returns how many of the partition's messages are still held."""
         with self._lock:
             part = self._partitions.get(tp)
             if part is None:  # partition revoked meanwhile; its new owner re-processes the message
-                return
+                return 0
             part.done.add(offset)
             while part.pending and part.pending[0] in part.done:
                 first = part.pending.popleft()
                 part.done.discard(first)
                 part.committable = first + 1
+            return len(part.pending)
 
     def take_committable(self) -> dict[TopicPartitionKey, int]:
         """Offsets to commit now (each partition at most once until it advances again)."""

@@ -4,6 +4,10 @@ The consumer here is a stand-in that only records pauses; the real broker behavi
 starves while the buffer is full) is tested in ``tests/integration/test_runtime.py``.
 """
 
+import threading
+import time
+from types import SimpleNamespace
+
 from kafka.structs import TopicPartition
 
 from shared.contracts.topics import INSTRUCTIONS
@@ -52,15 +56,15 @@ def finish(runtime: KafkaRuntime, tp: TopicPartition, offsets: range) -> None:
 def test_a_partition_pauses_at_its_share_and_resumes_at_half_of_it():
     runtime, consumer = runtime_holding(max_buffered=12)  # two partitions: a share of 6 each
     hold(runtime, P0, range(5))
-    assert runtime._apply_backpressure() is False
+    assert runtime._apply_backpressure() == set()
     hold(runtime, P0, range(5, 6))
-    assert runtime._apply_backpressure() is True
+    assert runtime._apply_backpressure() == {P0}
     assert consumer.paused() == {P0}
     finish(runtime, P0, range(2))  # 4 held: above half the share, still paused
-    assert runtime._apply_backpressure() is True
+    assert runtime._apply_backpressure() == {P0}
     assert consumer.paused() == {P0}
     finish(runtime, P0, range(2, 3))  # 3 held: half the share, fetch again
-    assert runtime._apply_backpressure() is False
+    assert runtime._apply_backpressure() == set()
     assert consumer.paused() == set()
 
 
@@ -74,3 +78,48 @@ def test_one_full_partition_never_pauses_another():
     finish(runtime, P0, range(6))
     runtime._apply_backpressure()
     assert consumer.paused() == {P1}
+
+
+class PollCountingConsumer(PausingConsumer):
+    """Also polls (nothing to fetch; it blocks for the timeout as a real one would) and counts polls."""
+
+    def __init__(self, assignment: set[TopicPartition]) -> None:
+        super().__init__(assignment)
+        self.polls = 0
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        self.polls += 1
+        time.sleep(timeout_ms / 1000)
+        return {}
+
+    def commit(self, offsets: dict) -> None:
+        pass
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+
+def test_with_every_partition_paused_the_loop_waits_for_lanes_instead_of_polling_and_resumes_at_once():
+    definition = ServiceDefinition(name="t", group_id="t", routes={INSTRUCTIONS.name: lambda event: []})
+    runtime = KafkaRuntime(definition, CommonSettings(max_buffered=12))
+    consumer = PollCountingConsumer({P0, P1})
+    runtime._consumer = consumer  # type: ignore[assignment]  # the loop's calls only
+    hold(runtime, P0, range(6))
+    hold(runtime, P1, range(6))
+    loop = threading.Thread(target=runtime._loop, daemon=True)
+    loop.start()
+    try:
+        time.sleep(1.0)
+        assert consumer.paused() == {P0, P1}
+        assert consumer.polls <= 10  # one a POLL_TIMEOUT_MS at most; polling every 10 ms made ~100
+
+        for offset in range(3):  # down to half the share: P0 may fetch again
+            record = SimpleNamespace(topic=P0.topic, partition=P0.partition, offset=offset)
+            runtime._finish(record, time.monotonic(), [])
+        deadline = time.monotonic() + 0.1  # far less than the 200 ms a poll could wait
+        while consumer.paused() != {P1} and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert consumer.paused() == {P1}
+    finally:
+        runtime.stop()
+        loop.join(timeout=5)
