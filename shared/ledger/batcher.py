@@ -101,10 +101,12 @@ def outcomes(
 
 class AsyncBatcher(Generic[In, Out]):
     """``await call(item)`` from tasks of one event loop; ``run_batch(items) -> results`` runs in
-    this batcher's thread, one batch at a time, with every call that queued up meanwhile."""
+    this batcher's thread, one batch at a time, with every call that queued up meanwhile and
+    during the ``linger_s`` it waits before each batch (like a Kafka producer's ``linger.ms``)."""
 
-    def __init__(self, run_batch: Callable[[list[In]], list[Out]], name: str) -> None:
+    def __init__(self, run_batch: Callable[[list[In]], list[Out]], name: str, linger_s: float = 0.0) -> None:
         self._run_batch = run_batch
+        self._linger_s = linger_s
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._queue: list[tuple[In, asyncio.Future[Out]]] = []
         self._runner: asyncio.Task | None = None
@@ -123,6 +125,8 @@ class AsyncBatcher(Generic[In, Out]):
     async def _run_queued(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
+            if self._linger_s:
+                await asyncio.sleep(self._linger_s)
             batch, self._queue = self._queue, []
             try:
                 found = await loop.run_in_executor(

@@ -107,3 +107,26 @@ def test_async_calls_share_batches_and_each_gets_its_own_result_or_error():
     assert len(batch_sizes) < 64 + 8  # batched (plus the one-by-one reruns of failed batches)
     assert max(batch_sizes) > 1
     assert all(name.startswith("test-batcher") for name in loop_threads)  # never on the loop
+
+
+def test_async_calls_arriving_within_the_linger_share_one_batch():
+    batch_sizes: list[int] = []
+
+    def double_all(items: list[int]) -> list[int]:
+        batch_sizes.append(len(items))
+        return [2 * item for item in items]
+
+    batcher = AsyncBatcher(double_all, "test-batcher", linger_s=0.5)
+
+    async def call_spread_out() -> list[int]:
+        async def one(i: int) -> int:
+            await asyncio.sleep(0.01 * i)  # 10 calls over 90 ms, well inside the linger
+            return await batcher.call(i)
+
+        return await asyncio.gather(*(one(i) for i in range(10)))
+
+    try:
+        assert asyncio.run(call_spread_out()) == [2 * i for i in range(10)]
+    finally:
+        batcher.close()
+    assert batch_sizes == [10]
