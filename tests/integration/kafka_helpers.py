@@ -17,12 +17,14 @@ from kafka.errors import TopicAlreadyExistsError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition", poll_s: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
