@@ -5,7 +5,8 @@ With latency L and concurrency C (the model's concurrency: calls in flight at th
 sampler runs twice as many lanes, see ``with_lanes_for``) the ideal is C / L answers per second.
 Printed: the rate from the first instruction published to the last answer stored ("end-to-end"),
 the sustained rate (between the 10th and 90th percentile of answer times, without ramp-up and
-tail), each with its ratio to the ideal, and CPU per answer of the samplers, the test server and
+tail), the rate over the last 10% of answers (as the backlog's partitions run out), each with its
+ratio to the ideal, and CPU per answer of the samplers, the test server and
 the broker. A sampler is one Python process: when rate x its CPU per answer nears 1 s/s it is
 CPU-bound, and only less CPU per answer or more replicas help; all three share this machine's cores.
 
@@ -49,22 +50,22 @@ def group_members(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def steady_rate(ledger: Ledger) -> float:
-    """Answers per second between the 10th and the 90th percentile of the answers' completion times:
-    the sustained rate, without the first wave's ramp-up and the last wave's tail."""
-    done = sorted(
-        r.created_at.timestamp()
-        for r in ledger.iter_facts(ev.Response)
-        if r.instruction_id.startswith("inst-")
-    )
-    first, last = len(done) // 10, len(done) * 9 // 10
+def completion_times(ledger: Ledger) -> list[float]:
+    """When each timed answer was stored, in order."""
+    answers = ledger.iter_facts(ev.Response)
+    return sorted(r.created_at.timestamp() for r in answers if r.instruction_id.startswith("inst-"))
+
+
+def rate_between(done: list[float], first: int, last: int) -> float:
+    """Answers per second from the ``first``-th to the ``last``-th answer stored."""
     return (last - first) / (done[last] - done[first])
 
 
 @dataclass(frozen=True)
 class RunResult:
     end_to_end_rate: float  # answers/s
-    sustained_rate: float  # answers/s
+    sustained_rate: float  # answers/s, between the 10th and the 90th percentile of completion times
+    last_tenth_rate: float  # answers/s over the last 10% of answers: does the run keep its rate to the end?
     cpu_ms: dict[str, float]  # per answer: "samplers", "server", "broker"
 
 
@@ -131,7 +132,11 @@ def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, 
             sampler.terminate()
         for sampler in samplers:
             sampler.wait(timeout=60)
-    return RunResult(count / elapsed, steady_rate(ledger), cpu_ms)
+    done = completion_times(ledger)
+    tenth, ninth = len(done) // 10, len(done) * 9 // 10
+    return RunResult(
+        count / elapsed, rate_between(done, tenth, ninth), rate_between(done, ninth, len(done) - 1), cpu_ms
+    )
 
 
 def main() -> None:
@@ -153,7 +158,8 @@ def main() -> None:
                 print(f"sampler service, server latency {args.latency * 1000:.0f} ms")
                 print(
                     f"{'concurrency':>11} {'replicas':>8} {'answers':>8} {'ideal/s':>8} {'end-to-end/s':>12} "
-                    f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6}   CPU ms/answer: samplers server broker"
+                    f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6} {'last 10%/s':>10} {'ratio':>6}"
+                    "   CPU ms/answer: samplers server broker"
                 )
                 for spec in args.runs.split(","):
                     concurrency, replicas = (int(part) for part in spec.split("x"))
@@ -161,9 +167,11 @@ def main() -> None:
                     result = run(concurrency, replicas, count, bootstrap, tmp, base_url)
                     ideal = concurrency / args.latency
                     rate, sustained, cpu = result.end_to_end_rate, result.sustained_rate, result.cpu_ms
+                    tail = result.last_tenth_rate
                     print(
                         f"{concurrency:>11} {replicas:>8} {count:>8} {ideal:>8.1f} {rate:>12.1f} "
                         f"{rate / ideal:>6.2f} {sustained:>11.1f} {sustained / ideal:>6.2f} "
+                        f"{tail:>10.1f} {tail / ideal:>6.2f} "
                         f"{cpu['samplers']:>30.2f} {cpu['server']:>6.2f} {cpu['broker']:>6.2f}"
                     )
         finally:

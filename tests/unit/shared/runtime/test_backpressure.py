@@ -21,6 +21,14 @@ class PausingConsumer:
     def __init__(self, assignment: set[TopicPartition]) -> None:
         self._assignment = assignment
         self._paused: set[TopicPartition] = set()
+        self.highwaters: dict[TopicPartition, int] = {}  # none: not fetched yet
+        self.positions: dict[TopicPartition, int] = {}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters.get(tp)
+
+    def position(self, tp: TopicPartition, timeout_ms: int) -> int | None:
+        return self.positions.get(tp)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assignment)
@@ -80,6 +88,27 @@ def test_one_full_partition_never_pauses_another():
     assert consumer.paused() == {P1}
 
 
+def test_a_partition_with_nothing_left_gives_its_share_to_the_others():
+    runtime, consumer = runtime_holding(max_buffered=12)
+    consumer.highwaters = {P0: 500, P1: 200}
+    consumer.positions = {P0: 300, P1: 200}  # P1 caught up
+    hold(runtime, P1, range(199, 200))  # ... but still holds its last message: it keeps its share
+    hold(runtime, P0, range(294, 300))
+    assert runtime._apply_backpressure() == {P0}
+    finish(runtime, P1, range(199, 200))  # P1 done: all 12 are P0's
+    finish(runtime, P0, range(294, 295))
+    assert runtime._apply_backpressure() == set()
+    hold(runtime, P0, range(300, 306))
+    assert runtime._apply_backpressure() == set()
+    hold(runtime, P0, range(306, 307))  # 12 held: its whole share
+    assert runtime._apply_backpressure() == {P0}
+    consumer.highwaters[P1] = 260  # new messages for P1: a share of 6 each again
+    finish(runtime, P0, range(295, 301))  # 6 held: above half of the new share, still paused
+    assert runtime._apply_backpressure() == {P0}
+    finish(runtime, P0, range(301, 304))  # 3 held: half of it
+    assert runtime._apply_backpressure() == set()
+
+
 class PollCountingConsumer(PausingConsumer):
     """Also polls (nothing to fetch; it blocks for the timeout as a real one would) and counts polls."""
 
@@ -94,9 +123,6 @@ class PollCountingConsumer(PausingConsumer):
 
     def commit(self, offsets: dict) -> None:
         pass
-
-    def highwater(self, tp: TopicPartition) -> None:
-        return None
 
 
 def test_with_every_partition_paused_the_loop_waits_for_lanes_instead_of_polling_and_resumes_at_once():
