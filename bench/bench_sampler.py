@@ -6,9 +6,9 @@ sampler runs twice as many lanes, see ``with_lanes_for``) the ideal is C / L ans
 Printed: the rate from the first instruction published to the last answer stored ("end-to-end"),
 the sustained rate (between the 10th and 90th percentile of answer times, without ramp-up and
 tail), the rate over the last 10% of answers (as the backlog's partitions run out), each with its
-ratio to the ideal, and CPU per answer of the samplers, the test server and
-the broker. A sampler is one Python process: when rate x its CPU per answer nears 1 s/s it is
-CPU-bound, and only less CPU per answer or more replicas help; all three share this machine's cores.
+ratio to the ideal, and CPU per answer of the samplers, the test server and the broker. A sampler
+is one Python process: when rate x its CPU per answer nears 1 s/s it is CPU-bound, and only less
+CPU per answer or more replicas help; all three share this machine's cores.
 
 ``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
 a deployment scales a model past one core: more replicas, one partition each at most).
