@@ -277,13 +277,14 @@ class KafkaRuntime:
         assignment = self._consumer.assignment()
         if not assignment:
             return set()
-        held = self._tracker.in_flight_by_partition()
-        with_work = [tp for tp in assignment if held.get((tp.topic, tp.partition)) or not self._caught_up(tp)]
+        by_key = self._tracker.in_flight_by_partition()
+        held = {tp: by_key.get((tp.topic, tp.partition), 0) for tp in assignment}
+        with_work = [tp for tp in assignment if held[tp] or not self._caught_up(tp)]
         share = max(1, self.settings.max_buffered // max(1, len(with_work)))
         self._resume_at = share // 2
         paused = self._consumer.paused()
-        full = {tp for tp in assignment - paused if held.get((tp.topic, tp.partition), 0) >= share}
-        drained = {tp for tp in paused if held.get((tp.topic, tp.partition), 0) <= share // 2}
+        full = {tp for tp in assignment - paused if held[tp] >= share}
+        drained = {tp for tp in paused if held.get(tp, 0) <= self._resume_at}
         if full:
             self._consumer.pause(*full)
         if drained:
