@@ -10,6 +10,12 @@ ratio to the ideal, and CPU per answer of the samplers, the test server and the 
 is one Python process: when rate x its CPU per answer nears 1 s/s it is CPU-bound, and only less
 CPU per answer or more replicas help; all three share this machine's cores.
 
+Two columns say where a shortfall comes from. "call ms" is the mean model-call latency as the sampler
+measured it (``Response.latency_s``): with every slot busy the rate is C / that latency, so a call
+that takes 237 ms against the server's 200 caps the run at 0.84 of ideal, whatever the lanes do.
+The extra time is the sampler's event loop being late to send a request and to read its reply.
+"peak" is the most calls the test server ever held at once (``/_stats``): the ideal's C, never more.
+
 ``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
 a deployment scales a model past one core: more replicas, one partition each at most).
 
@@ -25,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 from kafka import KafkaAdminClient
 
@@ -50,10 +57,8 @@ def group_members(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def completion_times(ledger: Ledger) -> list[float]:
-    """When each timed answer was stored, in order."""
-    answers = ledger.iter_facts(ev.Response)
-    return sorted(r.created_at.timestamp() for r in answers if r.instruction_id.startswith("inst-"))
+def timed_answers(ledger: Ledger) -> list[ev.Response]:
+    return [r for r in ledger.iter_facts(ev.Response) if r.instruction_id.startswith("inst-")]
 
 
 def rate_between(done: list[float], first: int, last: int) -> float:
@@ -66,6 +71,8 @@ class RunResult:
     end_to_end_rate: float  # answers/s
     sustained_rate: float  # answers/s, between the 10th and the 90th percentile of completion times
     last_tenth_rate: float  # answers/s over the last 10% of answers: does the run keep its rate to the end?
+    call_latency_ms: float  # mean model-call latency as the samplers measured it
+    server_peak_in_flight: int  # the most calls the test server held at once
     cpu_ms: dict[str, float]  # per answer: "samplers", "server", "broker"
 
 
@@ -84,6 +91,7 @@ def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, 
     """``count`` instructions through ``replicas`` sampler processes in one consumer group, which
     share the concurrency."""
     ns = f"bench{concurrency}x{replicas}x{int(time.time())}."
+    server_root = base_url.removesuffix("/v1")
     # Each run its own files: a repeated spec (``--runs 64x1,64x1``) must not find the last run's ledger.
     run_dir = Path(tempfile.mkdtemp(prefix=f"{concurrency}x{replicas}-", dir=tmp))
     per_replica = max(1, concurrency // replicas)
@@ -121,21 +129,29 @@ def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, 
             publisher.publish(warmup)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup), 120, "warm-up")
             wait_until(lambda: group_members(bootstrap, "vlf-sampler.m1") == replicas, 60, "replicas")
+            httpx.delete(f"{server_root}/_calls").raise_for_status()  # restarts its peak count
             started, cpu_started = time.monotonic(), cpu_seconds()
             publisher.publish(batch)
             # Checked every 20 ms, so the end-to-end time overshoots the last answer by little.
             wait_until(lambda: ledger.count(ev.Response) == len(warmup) + count, 600, "all answers", 0.02)
             elapsed = time.monotonic() - started
             cpu_ms = {name: 1000 * (s - cpu_started[name]) / count for name, s in cpu_seconds().items()}
+            peak = httpx.get(f"{server_root}/_stats").raise_for_status().json()["max_in_flight"]
     finally:
         for sampler in samplers:
             sampler.terminate()
         for sampler in samplers:
             sampler.wait(timeout=60)
-    done = completion_times(ledger)
+    answers = timed_answers(ledger)
+    done = sorted(r.created_at.timestamp() for r in answers)
     tenth, ninth = len(done) // 10, len(done) * 9 // 10
     return RunResult(
-        count / elapsed, rate_between(done, tenth, ninth), rate_between(done, ninth, len(done) - 1), cpu_ms
+        end_to_end_rate=count / elapsed,
+        sustained_rate=rate_between(done, tenth, ninth),
+        last_tenth_rate=rate_between(done, ninth, len(done) - 1),
+        call_latency_ms=1000 * sum(r.latency_s for r in answers) / len(answers),
+        server_peak_in_flight=peak,
+        cpu_ms=cpu_ms,
     )
 
 
@@ -158,8 +174,8 @@ def main() -> None:
                 print(f"sampler service, server latency {args.latency * 1000:.0f} ms")
                 print(
                     f"{'concurrency':>11} {'replicas':>8} {'answers':>8} {'ideal/s':>8} {'end-to-end/s':>12} "
-                    f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6} {'last 10%/s':>10} {'ratio':>6}"
-                    "   CPU ms/answer: samplers server broker"
+                    f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6} {'last 10%/s':>10} {'ratio':>6} "
+                    f"{'call ms':>7} {'peak':>4}   CPU ms/answer: samplers server broker"
                 )
                 for spec in args.runs.split(","):
                     concurrency, replicas = (int(part) for part in spec.split("x"))
@@ -172,6 +188,7 @@ def main() -> None:
                         f"{concurrency:>11} {replicas:>8} {count:>8} {ideal:>8.1f} {rate:>12.1f} "
                         f"{rate / ideal:>6.2f} {sustained:>11.1f} {sustained / ideal:>6.2f} "
                         f"{tail:>10.1f} {tail / ideal:>6.2f} "
+                        f"{result.call_latency_ms:>7.1f} {result.server_peak_in_flight:>4} "
                         f"{cpu['samplers']:>30.2f} {cpu['server']:>6.2f} {cpu['broker']:>6.2f}"
                     )
         finally:
