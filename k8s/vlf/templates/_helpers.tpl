@@ -132,7 +132,6 @@ models:
     sampling:
       {{- toYaml . | nindent 6 }}
     {{- end }}
-    samples_per_instruction: {{ default 1 .samplesPerInstruction }}
     {{- if .systemPrompt }}
     system_prompt: {{ .systemPrompt | quote }}
     {{- end }}

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shared.registry import Registry
+
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -69,3 +71,9 @@ def test_compose_runs_every_service_on_pinned_kafka_and_postgres() -> None:
         s["environment"].get("VLF_KAFKA_CONSUMER_GROUP") for s in services.values() if "environment" in s
     ]
     assert "vlf-sampler.local-lvlm" in groups and "vlf-annotator.gpt-4o" in groups
+
+
+def test_the_compose_registry_is_one_every_service_accepts() -> None:
+    """Mounted into every container; a service refuses a registry with unknown keys at start-up."""
+    registry = Registry.load(REPO / "docker" / "registry.yaml")
+    assert [m.id for m in registry.models] == ["local-lvlm"] and [j.id for j in registry.judges] == ["gpt-4o"]

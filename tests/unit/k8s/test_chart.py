@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shared.registry import Registry
 from tests.unit.k8s.crd_schemas import CRD_SCHEMAS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -267,6 +268,15 @@ def test_registry_configmap_carries_every_model_and_judge(rendered: dict[str, li
     gpt, verifiable = registry["judges"]
     assert gpt["mode"] == "all_in_one" and gpt["api_key_env"] == "VLF_API_KEY_GPT_4O"
     assert verifiable == {"id": "verifiable", "kind": "verifiable"}
+
+
+@pytest.mark.parametrize("name", VALUES_FILES)
+def test_the_rendered_registry_is_one_every_service_accepts(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    """Every service validates the registry at start-up (unknown keys are refused): a key the
+    chart writes that the registry does not define would stop every pod of the release."""
+    Registry.model_validate(registry_of(rendered[name]))
 
 
 # --- hardening of every container ------------------------------------------------------------------
