@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_http_backend import server_process  # noqa: E402
 from shared import kafka_local  # noqa: E402
 from shared.contracts import events as ev  # noqa: E402
+from shared.contracts.topics import sampler_group  # noqa: E402
 from shared.ledger import Ledger  # noqa: E402
 from shared.runtime.admin import EventPublisher  # noqa: E402
 from shared.settings import CommonSettings  # noqa: E402
@@ -128,7 +129,7 @@ def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, 
         with EventPublisher(settings) as publisher:
             publisher.publish(warmup)
             wait_until(lambda: ledger.count(ev.Response) == len(warmup), 120, "warm-up")
-            wait_until(lambda: group_members(bootstrap, "vlf-sampler.m1") == replicas, 60, "replicas")
+            wait_until(lambda: group_members(bootstrap, sampler_group("m1")) == replicas, 60, "replicas")
             httpx.delete(f"{server_root}/_calls").raise_for_status()  # restarts its peak count
             started, cpu_started = time.monotonic(), cpu_seconds()
             publisher.publish(batch)

@@ -59,11 +59,11 @@ def replica_fleet(settings: CommonSettings, env: dict[str, str], log_dir: Path, 
         for model in MODEL_IDS:
             fleet.add(
                 Service(f"{model}-{r}", "services.sampler", {**env, "VLF_SAMPLER_MODEL_ID": model},
-                        f"vlf-sampler.{model}", [ns + topics.INSTRUCTIONS.name])
+                        topics.sampler_group(model), [ns + topics.INSTRUCTIONS.name])
             )  # fmt: skip
         fleet.add(
             Service(f"annotator-{r}", "services.annotator", {**env, "VLF_ANNOTATOR_JUDGE_ID": JUDGE_ID},
-                    f"vlf-annotator.{JUDGE_ID}", [ns + topics.RESPONSES.name])
+                    topics.annotator_group(JUDGE_ID), [ns + topics.RESPONSES.name])
         )  # fmt: skip
     fleet.add(
         Service(

@@ -14,7 +14,7 @@ from services.annotator.rubric import PromptTemplate
 from services.annotator.settings import AnnotatorSettings
 from shared.backends.build import build_backend
 from shared.blobs.store import BlobStore
-from shared.contracts.topics import ANNOTATIONS, RESPONSES
+from shared.contracts.topics import ANNOTATIONS, RESPONSES, annotator_group
 from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
@@ -55,7 +55,7 @@ def main() -> None:
     checks = {"ledger": ledger.ping} | ({"backend": backend.check} if backend else {})
     definition = ServiceDefinition(
         name="annotator",
-        group_id=f"vlf-annotator.{judge.id}",
+        group_id=annotator_group(judge.id),
         routes={RESPONSES.name: partial(handle_response, ctx=ctx)},
         produces=(ANNOTATIONS,),
         ready_checks=checks,

@@ -9,7 +9,7 @@ from services.sampler.settings import SamplerSettings, with_lanes_for
 from shared.backends.build import build_backend
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
-from shared.contracts.topics import INSTRUCTIONS, RESPONSES
+from shared.contracts.topics import INSTRUCTIONS, RESPONSES, sampler_group
 from shared.ledger import Ledger
 from shared.ledger.async_ledger import AsyncLedger
 from shared.registry import Registry
@@ -39,7 +39,7 @@ def main() -> None:
     )
     definition = ServiceDefinition(
         name="sampler",
-        group_id=f"vlf-sampler.{model.id}",
+        group_id=sampler_group(model.id),
         routes={INSTRUCTIONS.name: partial(handle_instruction, ctx=ctx)},
         produces=(RESPONSES,),
         ready_checks={"ledger": ledger.ping, "backend": backend.check},

@@ -64,3 +64,14 @@ def topic(name: str) -> TopicSpec:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown topic {name!r}; known: {sorted(_BY_NAME)}") from None
+
+
+def sampler_group(model_id: str) -> str:
+    """The consumer group of a model's samplers: its replicas share the instructions (the chart's
+    KEDA trigger scales on this group's lag)."""
+    return f"vlf-sampler.{model_id}"
+
+
+def annotator_group(judge_id: str) -> str:
+    """The consumer group of a judge's annotators, as ``sampler_group``."""
+    return f"vlf-annotator.{judge_id}"

@@ -226,11 +226,11 @@ def pipeline_fleet(settings: CommonSettings, base_env: dict[str, str], log_dir: 
     for model in MODEL_IDS:
         fleet.add(
             Service(model, "services.sampler", {**base_env, "VLF_SAMPLER_MODEL_ID": model},
-                    f"vlf-sampler.{model}", [ns + topics.INSTRUCTIONS.name])
+                    topics.sampler_group(model), [ns + topics.INSTRUCTIONS.name])
         )  # fmt: skip
     fleet.add(
         Service("annotator", "services.annotator", {**base_env, "VLF_ANNOTATOR_JUDGE_ID": JUDGE_ID},
-                f"vlf-annotator.{JUDGE_ID}", [ns + topics.RESPONSES.name])
+                topics.annotator_group(JUDGE_ID), [ns + topics.RESPONSES.name])
     )  # fmt: skip
     fleet.add(
         Service("pair-builder", "services.pair_builder", base_env, "vlf-pair-builder",
@@ -465,7 +465,7 @@ def _check_dlqs(bootstrap: str, ns: str, poison: list[tuple[bytes, bytes | None]
             problems.append(f"instructions DLQ holds a non-poison record {record.key!r}: {headers}")
         by_service[headers.get("service", "?")].add(record.key)
     for model in MODEL_IDS:
-        missed = poison_keys - by_service.get(f"vlf-sampler.{model}", set())
+        missed = poison_keys - by_service.get(topics.sampler_group(model), set())
         if missed:
             problems.append(f"sampler {model} did not dead-letter {sorted(missed)}")
     for spec in (topics.RESPONSES, topics.ANNOTATIONS, topics.PAIRS):

@@ -21,7 +21,7 @@ from shared.cli.dlq_cmd import app as dlq_app
 from shared.contracts import events as ev
 from shared.contracts.codec import encode
 from shared.contracts.ids import instruction_id
-from shared.contracts.topics import INSTRUCTIONS
+from shared.contracts.topics import INSTRUCTIONS, sampler_group
 from shared.ledger import Ledger
 from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.runtime.admin import EventPublisher
@@ -86,7 +86,7 @@ def test_replay_after_restoring_a_blob_answers_once(kafka_bootstrap, namespace, 
         letters = dlq_tools.read_dead_letters(settings, INSTRUCTIONS.name)
         lost_letters = [letter for letter in letters if letter.error_class == "BlobNotFound"]
         assert len(lost_letters) == 2, [letter.details for letter in letters]
-        assert {letter.details["service"] for letter in lost_letters} == {f"vlf-sampler.{m}" for m in MODELS}
+        assert {letter.details["service"] for letter in lost_letters} == {sampler_group(m) for m in MODELS}
         assert all(letter.key == lost.instruction_id.encode() for letter in lost_letters)
         assert all(letter.details["source.topic"] == source for letter in lost_letters)
         assert sum(letter.error_class == "ContractError" for letter in letters) == 2

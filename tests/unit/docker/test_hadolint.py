@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from shared.registry import Registry
+from tests.unit.settings_env import service_env_names
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
@@ -67,10 +68,12 @@ def test_compose_runs_every_service_on_pinned_kafka_and_postgres() -> None:
     assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", services["kafka"]["image"])
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert re.fullmatch(r"postgres:\d+\.\d+-\w+", services["postgres"]["image"])
-    groups = [
-        s["environment"].get("VLF_KAFKA_CONSUMER_GROUP") for s in services.values() if "environment" in s
-    ]
-    assert "vlf-sampler.local-lvlm" in groups and "vlf-annotator.gpt-4o" in groups
+    environments = [s["environment"] for s in services.values() if isinstance(s.get("environment"), dict)]
+    assert {"local-lvlm"} == {e["VLF_SAMPLER_MODEL_ID"] for e in environments if "VLF_SAMPLER_MODEL_ID" in e}
+    assert {"gpt-4o"} == {e["VLF_ANNOTATOR_JUDGE_ID"] for e in environments if "VLF_ANNOTATOR_JUDGE_ID" in e}
+    registry = Registry.load(REPO / "docker" / "registry.yaml")
+    known = service_env_names() | {judge.api_key_env for judge in registry.judges}
+    assert {name for e in environments for name in e if name.startswith("VLF_")} <= known
 
 
 def test_the_compose_registry_is_one_every_service_accepts() -> None:

@@ -19,8 +19,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shared.contracts.topics import annotator_group, sampler_group
 from shared.registry import Registry
 from tests.unit.k8s.crd_schemas import CRD_SCHEMAS
+from tests.unit.settings_env import service_env_names
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "k8s" / "vlf"
@@ -196,12 +198,11 @@ def three_samplers() -> dict[str, Any]:
 
 
 def test_three_samplers_render_three_deployments_with_distinct_consumer_groups(tmp_path: Path) -> None:
+    """Each sampler Deployment serves one model, so its pods join that model's consumer group."""
     objects = render([write_values(tmp_path, three_samplers())])
     deployments = of_kind(objects, "Deployment", "sampler")
     envs = [env_of(d["spec"]["template"]["spec"]["containers"][0]) for d in deployments]
     assert sorted(e["VLF_SAMPLER_MODEL_ID"] for e in envs) == ["cpu-http", "gpu-inproc", "gpu-vllm"]
-    groups = {e["VLF_KAFKA_CONSUMER_GROUP"] for e in envs}
-    assert groups == {"vlf-sampler.cpu-http", "vlf-sampler.gpu-vllm", "vlf-sampler.gpu-inproc"}
     assert len({d["metadata"]["name"] for d in deployments}) == 3
 
 
@@ -277,6 +278,25 @@ def test_the_rendered_registry_is_one_every_service_accepts(
     """Every service validates the registry at start-up (unknown keys are refused): a key the
     chart writes that the registry does not define would stop every pod of the release."""
     Registry.model_validate(registry_of(rendered[name]))
+
+
+@pytest.mark.parametrize("name", VALUES_FILES)
+def test_every_vlf_variable_the_chart_sets_is_read_by_a_service(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    """A ``VLF_*`` name no settings class defines is dropped without a word; API keys are read
+    under the names the registry gives them."""
+    registry = registry_of(rendered[name])
+    api_key_names = {entry.get("api_key_env") for entry in registry["models"] + registry["judges"]}
+    known = service_env_names() | api_key_names
+    unread = {
+        (pod, variable)
+        for pod, spec in pod_specs(rendered[name])
+        for container in spec["containers"] + spec.get("initContainers", [])
+        for variable in env_of(container)
+        if variable.startswith("VLF_") and variable not in known
+    }
+    assert not unread
 
 
 # --- hardening of every container ------------------------------------------------------------------
@@ -495,7 +515,12 @@ def test_keda_scales_each_sampler_and_judge_on_its_own_consumer_group(
     for deployment in consumers:
         env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
         trigger = scaled[deployment["metadata"]["name"]]
-        assert trigger["consumerGroup"] == env["VLF_KAFKA_CONSUMER_GROUP"]
+        group = (
+            sampler_group(env["VLF_SAMPLER_MODEL_ID"])
+            if "VLF_SAMPLER_MODEL_ID" in env
+            else annotator_group(env["VLF_ANNOTATOR_JUDGE_ID"])
+        )
+        assert trigger["consumerGroup"] == group, "KEDA must watch the group the service joins"
         assert (trigger["sasl"], trigger["tls"]) == ("scram_sha512", "enable")
         assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
 
