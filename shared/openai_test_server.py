@@ -111,6 +111,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
     response_format: dict[str, Any] | None = None
+    chat_template: str | None = Field(None, description="vLLM's per-request chat template override.")
 
 
 class CallRecord(BaseModel):
@@ -123,6 +124,7 @@ class CallRecord(BaseModel):
     started_at: float
     text_prompt_sha256: str
     first_user_text: str
+    chat_template: str | None = None
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -325,6 +327,7 @@ def create_app(config: TestServerConfig) -> FastAPI:
             started_at=started_at,
             text_prompt_sha256=text_prompt_sha256(request),
             first_user_text=first_user_text(request),
+            chat_template=request.chat_template,
         )
         calls.add(record)
         rng = random.Random(f"{config.seed}:latency:{call_index}")

@@ -49,8 +49,19 @@ class ModelEntry(_Entry):
     sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=512)
     system_prompt: str | None = None
     chat_template: str | None = Field(
-        None, description="Path of a Jinja chat template overriding the model's."
+        None,
+        description="Path of a Jinja chat template overriding the model's. In-process backends apply it; "
+        "the HTTP backend sends it as the request's chat_template (vLLM's extension of the API).",
     )
+
+    def read_chat_template(self) -> str | None:
+        """The override's text, read when the backend is built (a sampler needs only its own)."""
+        if self.chat_template is None:
+            return None
+        path = Path(self.chat_template)
+        if not path.is_file():
+            raise ValueError(f"model {self.id}: chat_template {path} is not a file")
+        return path.read_text(encoding="utf-8")
 
 
 class JudgeEntry(BaseModel):

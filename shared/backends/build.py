@@ -9,6 +9,7 @@ from shared.runtime.event_loop import LoopThread
 
 def build_backend(entry: ModelEntry | JudgeEntry, loop: LoopThread | None = None) -> Backend:
     """``loop``: the service's event loop, which an HTTP backend then runs on (else its own)."""
+    chat_template = entry.read_chat_template() if isinstance(entry, ModelEntry) else None
     match entry.backend:
         case "openai":
             from shared.backends.openai_http import OpenAIHttpBackend, resolve_api_key
@@ -19,14 +20,17 @@ def build_backend(entry: ModelEntry | JudgeEntry, loop: LoopThread | None = None
                 api_key=resolve_api_key(entry.api_key_env, entry.api_key_file),
                 concurrency=entry.concurrency,
                 timeout_s=entry.timeout_s,
+                chat_template=chat_template,
                 loop=loop,
             )
         case "transformers":
             from shared.backends.transformers_local import TransformersBackend
 
-            return TransformersBackend(entry.model, max_batch_size=entry.concurrency)
+            return TransformersBackend(
+                entry.model, max_batch_size=entry.concurrency, chat_template=chat_template
+            )
         case "vllm":
             from shared.backends.vllm_local import VllmBackend
 
-            return VllmBackend(entry.model, max_batch_size=entry.concurrency)
+            return VllmBackend(entry.model, max_batch_size=entry.concurrency, chat_template=chat_template)
     raise ValueError(f"unknown backend {entry.backend!r}")

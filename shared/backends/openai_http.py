@@ -21,7 +21,7 @@ import time
 import uuid
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 import openai
@@ -100,8 +100,10 @@ def build_messages(request: GenerationRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def build_completion_kwargs(model: str, request: GenerationRequest) -> dict[str, Any]:
-    """Keyword arguments for ``chat.completions.create``."""
+def build_completion_kwargs(
+    model: str, request: GenerationRequest, chat_template: str | None = None
+) -> dict[str, Any]:
+    """The chat completion request body; ``chat_template`` is vLLM's per-request override."""
     kwargs: dict[str, Any] = {
         "model": model,
         "messages": build_messages(request),
@@ -111,6 +113,8 @@ def build_completion_kwargs(model: str, request: GenerationRequest) -> dict[str,
     }
     if request.params.seed is not None:
         kwargs["seed"] = request.params.seed
+    if chat_template is not None:
+        kwargs["chat_template"] = chat_template
     if request.response_format is not None:
         kwargs["response_format"] = {
             "type": "json_schema",
@@ -251,7 +255,8 @@ class OpenAIHttpBackend:
     Defaults: 16 concurrent calls, 120 s timeout per call, 5 retries with full-jitter exponential
     backoff from 0.5 s capped at 30 s (a server's Retry-After wins, within the same cap).
     ``latency_s`` of a result is the duration of its successful HTTP call. Images travel as base64
-    data URLs (``image_mode``), the one form every OpenAI-compatible server accepts. A concurrency
+    data URLs, the one form every OpenAI-compatible server accepts. ``chat_template`` (the template's
+    text) goes with every request, for servers that take a per-request template (vLLM). A concurrency
     slot is held through a request's backoff sleeps, so a rate-limited server sees fewer calls.
     """
 
@@ -266,7 +271,7 @@ class OpenAIHttpBackend:
         max_retries: int = 5,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30,
-        image_mode: Literal["data_url"] = "data_url",
+        chat_template: str | None = None,
         registry: CollectorRegistry | None = None,
         loop: LoopThread | None = None,
     ) -> None:
@@ -274,7 +279,7 @@ class OpenAIHttpBackend:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.model = model
         self.base_url = base_url
-        self.image_mode = image_mode
+        self.chat_template = chat_template
         self._api_key = api_key
         self._max_retries = max_retries
         self._backoff_base_s = backoff_base_s
@@ -341,7 +346,7 @@ class OpenAIHttpBackend:
     # --- internals ---
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
-        kwargs = build_completion_kwargs(self.model, request)
+        kwargs = build_completion_kwargs(self.model, request, self.chat_template)
         options: RequestOptions = {
             **self._request_options,
             "idempotency_key": f"{self._idempotency_prefix}-{next(self._request_numbers)}",

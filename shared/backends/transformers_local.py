@@ -112,10 +112,12 @@ class TransformersBackend:
         dtype: str = "auto",
         max_batch_size: int = 8,
         adapter_path: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch_size = max_batch_size
+        self.chat_template = chat_template  # None: the processor's own
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.processor.tokenizer.padding_side = "left"
         model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=self.dtype)
@@ -147,7 +149,9 @@ class TransformersBackend:
 
     def _prepare(self, batch: list[tuple[int, GenerationRequest]]) -> PreparedBatch:
         texts = [
-            self.processor.apply_chat_template(chat_messages(request), add_generation_prompt=True)
+            self.processor.apply_chat_template(
+                chat_messages(request), chat_template=self.chat_template, add_generation_prompt=True
+            )
             for _, request in batch
         ]
         images = [image for _, request in batch for image in decode_images(request)]

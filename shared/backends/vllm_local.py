@@ -15,12 +15,15 @@ from shared.backends.openai_http import build_messages
 
 
 class VllmBackend:
-    def __init__(self, model: str, *, max_batch_size: int = 64, **engine_args: object) -> None:
+    def __init__(
+        self, model: str, *, max_batch_size: int = 64, chat_template: str | None = None, **engine_args: object
+    ) -> None:
         from vllm import LLM
 
         self._llm = LLM(model=model, limit_mm_per_prompt={"image": 8}, **engine_args)
         self._max_len = self._llm.llm_engine.model_config.max_model_len
         self.max_batch_size = max_batch_size
+        self._chat_template = chat_template  # None: the model's own
         self._generating = threading.Lock()  # ``LLM`` is not thread-safe: one batch at a time
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -39,7 +42,9 @@ class VllmBackend:
         ]
         try:
             with self._generating:
-                outputs = self._llm.chat(conversations, params, use_tqdm=False)
+                outputs = self._llm.chat(
+                    conversations, params, chat_template=self._chat_template, use_tqdm=False
+                )
         except ValueError as exc:
             if "longer than the maximum model length" in str(exc) or "max_model_len" in str(exc):
                 raise ContextLengthError(str(exc)) from exc

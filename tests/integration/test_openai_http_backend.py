@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.build import build_backend
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
 from shared.backends.openai_http import OpenAIHttpBackend
 from shared.openai_test_server import TOKENS_PER_IMAGE, RunningServer, TestServerConfig, serve_in_thread
+from shared.registry import ModelEntry
 
 API_KEY = "sk-test-0123456789abcdef"
 MODEL = "test-model"
@@ -133,6 +135,43 @@ def test_response_format_json_schema_reaches_the_server(start_server, make_backe
     reply = json.loads(result.text)
     assert reply["rating"] == 1
     assert isinstance(reply["rationale"], str)
+
+
+def test_a_registry_chat_template_override_reaches_the_server_with_every_request(
+    start_server, tmp_path
+) -> None:
+    server = start_server()
+    template = "{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}{% endfor %}"
+    (tmp_path / "template.jinja").write_text(template)
+    key_file = tmp_path / "api-key"
+    key_file.write_text(API_KEY)
+    entry = ModelEntry(
+        id="m1",
+        backend="openai",
+        model=MODEL,
+        base_url=server.base_url,
+        api_key_file=str(key_file),
+        chat_template=str(tmp_path / "template.jinja"),
+    )
+    backend = build_backend(entry)
+    try:
+        backend.generate([question(), question("And the border?")])
+    finally:
+        backend.close()
+
+    assert [call["chat_template"] for call in calls(server)] == [template, template]
+
+
+def test_a_missing_chat_template_file_stops_the_backend_from_being_built(tmp_path) -> None:
+    entry = ModelEntry(
+        id="m1",
+        backend="openai",
+        model=MODEL,
+        base_url="http://127.0.0.1:9/v1",
+        chat_template=str(tmp_path / "no"),
+    )
+    with pytest.raises(ValueError, match="chat_template .* is not a file"):
+        build_backend(entry)
 
 
 def test_429_waits_for_retry_after_then_succeeds(start_server, make_backend) -> None:

@@ -111,9 +111,15 @@ def test_completion_kwargs_carry_sampling_seed_and_json_schema() -> None:
     }
 
 
-def test_completion_kwargs_omit_unset_seed_and_format() -> None:
+def test_completion_kwargs_omit_unset_seed_format_and_chat_template() -> None:
     kwargs = build_completion_kwargs("m", GenerationRequest(messages=[ChatMessage(role="user", text="x")]))
-    assert "seed" not in kwargs and "response_format" not in kwargs
+    assert "seed" not in kwargs and "response_format" not in kwargs and "chat_template" not in kwargs
+
+
+def test_completion_kwargs_carry_a_chat_template_override() -> None:
+    request = GenerationRequest(messages=[ChatMessage(role="user", text="x")])
+    kwargs = build_completion_kwargs("m", request, chat_template="{{ messages[0]['content'] }}")
+    assert kwargs["chat_template"] == "{{ messages[0]['content'] }}"
 
 
 @pytest.mark.parametrize(

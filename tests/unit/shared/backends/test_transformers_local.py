@@ -32,9 +32,13 @@ def ask(text: str, images: list[bytes], **params) -> GenerationRequest:
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def backend(request, tmp_path_factory):
-    path = build_tiny_vlm(request.param, tmp_path_factory.mktemp(request.param))
-    served = TransformersBackend(str(path), device="cpu", max_batch_size=4)
+def model_path(request, tmp_path_factory):
+    return build_tiny_vlm(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def backend(model_path):
+    served = TransformersBackend(str(model_path), device="cpu", max_batch_size=4)
     yield served
     served.close()
 
@@ -97,6 +101,22 @@ def test_a_prompt_longer_than_the_context_is_refused_before_any_generation(backe
 
     with pytest.raises(ContextLengthError, match="request 1"):
         backend.generate([ask("Is it red?", [png("red")]), too_long])
+
+
+def test_a_chat_template_override_replaces_the_models_own(backend, model_path):
+    """The override is what the model reads: a template that adds words adds prompt tokens."""
+    own = backend.processor.chat_template
+    overriding = TransformersBackend(
+        str(model_path), device="cpu", chat_template="Answer in one word. " + own
+    )
+    request = ask("What colour?", [png("red")], max_tokens=2)
+    try:
+        [plain] = backend.generate([request])
+        [overridden] = overriding.generate([request])
+    finally:
+        overriding.close()
+
+    assert overridden.prompt_tokens > plain.prompt_tokens
 
 
 def test_an_undecodable_image_is_a_permanent_error(backend):
