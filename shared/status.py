@@ -1,4 +1,4 @@
-"""What the pipeline has done so far: ledger counts per stage, jobs, judge spend, DLQ sizes, lag."""
+"""What the pipeline has done so far: ledger counts per stage, jobs, spend, DLQ sizes, lag."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from shared.contracts import events as ev
 from shared.contracts.topics import ALL_TOPICS
 from shared.ledger import Ledger
+from shared.registry import Registry
 from shared.settings import CommonSettings
 
 
@@ -17,6 +18,7 @@ class PipelineStatus(BaseModel):
     stages: dict[str, int]
     jobs: list[dict]
     judge_spend_usd: dict[str, float]
+    model_spend_usd: dict[str, float]
     dlq_sizes: dict[str, int]
     consumer_lag: dict[str, int]
 
@@ -30,6 +32,16 @@ def ledger_stages(ledger: Ledger) -> dict[str, int]:
         "checkpoints": ledger.count(ev.Checkpoint),
         "eval_results": ledger.count(ev.EvalResult),
     }
+
+
+def model_spend_usd(tokens: dict[str, tuple[int, int]], registry: Registry) -> dict[str, float]:
+    """Spend of the priced models (API models such as GPT-4V) at the registry's prices; the judges'
+    is recorded per call instead. Models no longer in the registry are left out."""
+    spend = {}
+    for entry in registry.models:
+        if entry.id in tokens and (entry.price_per_1k_input or entry.price_per_1k_output):
+            spend[entry.id] = entry.cost_usd(*tokens[entry.id])
+    return spend
 
 
 def kafka_numbers(settings: CommonSettings) -> tuple[dict[str, int], dict[str, int]]:
@@ -75,7 +87,10 @@ def kafka_numbers(settings: CommonSettings) -> tuple[dict[str, int], dict[str, i
         admin.close()
 
 
-def pipeline_status(ledger: Ledger, settings: CommonSettings, *, with_kafka: bool = True) -> PipelineStatus:
+def pipeline_status(
+    ledger: Ledger, settings: CommonSettings, registry: Registry | None = None, *, with_kafka: bool = True
+) -> PipelineStatus:
+    """``registry``: for the models' prices (no model spend without it)."""
     dlq, lag = kafka_numbers(settings) if with_kafka else ({}, {})
     jobs = [
         {
@@ -91,6 +106,7 @@ def pipeline_status(ledger: Ledger, settings: CommonSettings, *, with_kafka: boo
         stages=ledger_stages(ledger),
         jobs=jobs,
         judge_spend_usd=ledger.judge_spend(),
+        model_spend_usd=model_spend_usd(ledger.model_tokens(), registry) if registry else {},
         dlq_sizes=dlq,
         consumer_lag=lag,
     )

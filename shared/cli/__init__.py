@@ -101,14 +101,15 @@ def submit(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Per stage: submitted, answered, rated, paired; jobs; judge spend; DLQ sizes; consumer lag."""
+    """Per stage: submitted, answered, rated, paired; jobs; spend; DLQ sizes; consumer lag."""
     from shared.status import pipeline_status
 
     settings = CommonSettings()
     ledger = Ledger(settings.ledger_url)
     ledger.migrate()
+    registry = Registry.load(settings.registry_path) if settings.registry_path.exists() else None
     try:
-        report = pipeline_status(ledger, settings)
+        report = pipeline_status(ledger, settings, registry)
     except Exception as exc:  # a CLI reports any broker failure as one line
         fail(
             f"cannot read Kafka at {settings.kafka_bootstrap_servers}: {exc}", "start it with `vlf kafka up`"
@@ -126,6 +127,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         ("DLQ sizes", report.dlq_sizes),
         ("consumer lag", report.consumer_lag),
         ("judge spend (USD)", report.judge_spend_usd),
+        ("model spend (USD, registry prices)", report.model_spend_usd),
     ):
         if values:
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))

@@ -301,6 +301,17 @@ class Ledger:
         with self._session() as s:
             s.execute(insert(t.JudgeCallRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
 
+    def model_tokens(self) -> dict[str, tuple[int, int]]:
+        """Per model: (prompt, completion) tokens of all its recorded answers."""
+        prompt = t.ResponseRow.payload["prompt_tokens"].as_integer()
+        completion = t.ResponseRow.payload["completion_tokens"].as_integer()
+        query = select(t.ResponseRow.model_id, func.sum(prompt), func.sum(completion)).group_by(
+            t.ResponseRow.model_id
+        )
+        with self._session() as s:
+            rows = s.execute(query).all()
+        return {model: (int(p or 0), int(c or 0)) for model, p, c in rows}
+
     def judge_spend(self) -> dict[str, float]:
         with self._session() as s:
             rows = s.execute(

@@ -7,9 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.ledger import Ledger
+from tests import factories
 from tests.integration.kafka_helpers import consume_all, service_env
 from tests.integration.pipeline_helpers import png, write_registry
 
@@ -68,3 +72,27 @@ def test_submit_and_status(kafka_bootstrap, namespace, ledger_url, tmp_path):
     numbers = json.loads(status.stdout)
     assert numbers["stages"]["submitted"] == ledger.count(ev.Instruction) == 3
     assert numbers["stages"]["answered"] == ledger.count(ev.Response) == 0
+    assert numbers["model_spend_usd"] == {}
+
+
+def test_status_charges_priced_models_for_their_answers(kafka_bootstrap, namespace, ledger_url, tmp_path):
+    registry_path = write_registry(tmp_path / "registry.yaml", "http://127.0.0.1:9/v1", ["api", "local"], k=2)
+    registry = yaml.safe_load(registry_path.read_text())
+    registry["models"][0] |= {"price_per_1k_input": 0.01, "price_per_1k_output": 0.03}
+    registry_path.write_text(yaml.safe_dump(registry))
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    inst = factories.instruction()
+    ledger.record(
+        inst,
+        factories.response(inst, "api").model_copy(update={"prompt_tokens": 1500, "completion_tokens": 200}),
+        factories.response(inst, "local").model_copy(
+            update={"prompt_tokens": 1500, "completion_tokens": 200}
+        ),
+    )
+    env = service_env(kafka_bootstrap, namespace, ledger_url, VLF_REGISTRY_PATH=str(registry_path))
+
+    status = _vlf(env, "status", "--json", cwd=tmp_path)
+
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["model_spend_usd"] == {"api": pytest.approx(1.5 * 0.01 + 0.2 * 0.03)}

@@ -96,6 +96,17 @@ def test_jobs_are_created_once_and_updated(ledger):
     assert [j.id for j in ledger.jobs(kind="train", status="running")] == ["job-1"]
 
 
+def test_model_tokens_sum_each_models_answers(ledger):
+    first, second = _instruction(1), _instruction(2)
+    answers = [
+        _response(first, "m1").model_copy(update={"prompt_tokens": 100, "completion_tokens": 7}),
+        _response(second, "m1").model_copy(update={"prompt_tokens": 50, "completion_tokens": 3}),
+        _response(first, "m2").model_copy(update={"prompt_tokens": 9, "completion_tokens": 0}),
+    ]
+    ledger.record(first, second, *answers)
+    assert ledger.model_tokens() == {"m1": (150, 10), "m2": (9, 0)}
+
+
 def test_judge_replies_and_predictions_are_kept(ledger):
     call = Ledger.judge_call_id("inst-1", "gpt", "all_in_one")
     assert ledger.judge_reply(call) is None
