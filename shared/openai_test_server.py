@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server for tests, benchmarks, the chaos suite and the demo.
 
 It speaks ``POST /v1/chat/completions`` and ``GET /v1/models`` like vLLM or OpenAI, validates the
-request shape (a data-URL image must decode), and misbehaves on request: latency, 429 with
+request shape (a data-URL image must decode; an http(s) image URL is fetched, as vLLM does, and must
+decode too), and misbehaves on request: latency, 429 with
 Retry-After, 500, hangs past the client's timeout, a context limit. Every call is recorded
 (``GET/DELETE /_calls``, ``GET /_stats``) so tests can check what a client really sent.
 
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import httpx
 import typer
 import uvicorn
 from fastapi import FastAPI, Request
@@ -125,6 +127,7 @@ class CallRecord(BaseModel):
     text_prompt_sha256: str
     first_user_text: str
     chat_template: str | None = None
+    fetched_image_urls: list[str] = []
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -146,15 +149,40 @@ def image_urls(request: ChatCompletionRequest) -> list[str]:
     ]
 
 
-def decode_data_url_image(url: str) -> None:
-    """Raise ValueError unless ``url`` is a base64 data URL of an image Pillow can read."""
+def is_fetched(url: str) -> bool:
+    """An image URL the server downloads itself (the rest must be data URLs)."""
+    return url.startswith(("http://", "https://"))
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes of a base64 image data URL; ValueError for anything else."""
     header, sep, payload = url.partition(",")
     if not (url.startswith(DATA_URL_PREFIX) and sep and header.endswith(";base64")):
-        raise ValueError(f"image_url must be a base64 data URL (data:image/...;base64,...), got {url[:40]!r}")
+        expected = "a base64 data URL (data:image/...;base64,...) or an http(s) URL"
+        raise ValueError(f"image_url must be {expected}, got {url[:40]!r}")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(payload, validate=True))) as image:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"image_url is not valid base64: {error}") from error
+
+
+async def fetched_bytes(url: str) -> bytes:
+    """The image at an http(s) URL; ValueError when it cannot be fetched (vLLM answers 400 then too)."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            reply = await client.get(url)
+    except httpx.HTTPError as error:
+        raise ValueError(f"image_url {url} could not be fetched: {error!r}") from error
+    if reply.status_code != 200:
+        raise ValueError(f"image_url {url} could not be fetched: HTTP {reply.status_code}")
+    return reply.content
+
+
+def verify_image(data: bytes) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.verify()
-    except (binascii.Error, UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"image_url does not decode to an image: {error}") from error
 
 
@@ -300,7 +328,7 @@ def create_app(config: TestServerConfig) -> FastAPI:
             request_json = await http_request.json()
             request = ChatCompletionRequest.model_validate(request_json)
             for url in image_urls(request):
-                decode_data_url_image(url)
+                verify_image(await fetched_bytes(url) if is_fetched(url) else data_url_bytes(url))
         except (ValueError, ValidationError) as error:  # json and pydantic errors are ValueErrors
             record = CallRecord(
                 id=f"call-{call_index}",
@@ -328,6 +356,7 @@ def create_app(config: TestServerConfig) -> FastAPI:
             text_prompt_sha256=text_prompt_sha256(request),
             first_user_text=first_user_text(request),
             chat_template=request.chat_template,
+            fetched_image_urls=[url for url in image_urls(request) if is_fetched(url)],
         )
         calls.add(record)
         rng = random.Random(f"{config.seed}:latency:{call_index}")

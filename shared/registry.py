@@ -53,6 +53,26 @@ class ModelEntry(_Entry):
         description="Path of a Jinja chat template overriding the model's. In-process backends apply it; "
         "the HTTP backend sends it as the request's chat_template (vLLM's extension of the API).",
     )
+    image_url_base: str | None = Field(
+        None,
+        description="Where the blob store's root is served over http(s) (a bucket's public or CDN address): "
+        "images are then sent as URLs under it, which the model server fetches itself (vLLM: "
+        "--allowed-media-domains), instead of base64 in every request. HTTP and vLLM backends only.",
+    )
+
+    @model_validator(mode="after")
+    def _image_urls_need_a_fetching_backend(self) -> ModelEntry:
+        if self.image_url_base is None:
+            return self
+        if not self.image_url_base.startswith(("http://", "https://")):
+            raise ValueError(
+                f"model {self.id}: image_url_base must be an http(s) URL, got {self.image_url_base!r}"
+            )
+        if self.backend == "transformers":
+            raise ValueError(
+                f"model {self.id}: the transformers backend takes image bytes, not image_url_base"
+            )
+        return self
 
     def read_chat_template(self) -> str | None:
         """The override's text, read when the backend is built (a sampler needs only its own)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from shared.blobs.images import ImagePolicy, validate_image
-from shared.blobs.store import BlobStore
+from shared.blobs.store import BlobStore, blob_url
 from shared.contracts import events as ev
 from shared.contracts.ids import response_id
 from shared.ledger.async_ledger import AsyncLedger
@@ -38,13 +38,16 @@ def sample_seed(model: ModelEntry, instruction_id: str, index: int) -> int:
     return base + index
 
 
-def build_requests(event: ev.Instruction, model: ModelEntry, images: list[bytes]) -> list[GenerationRequest]:
+def build_requests(
+    event: ev.Instruction, model: ModelEntry, images: list[bytes], image_urls: list[str]
+) -> list[GenerationRequest]:
     messages = [ChatMessage(role="system", text=model.system_prompt)] if model.system_prompt else []
     messages.append(ChatMessage(role="user", text=event.prompt))
     return [
         GenerationRequest(
             messages=messages,
             images=images,
+            image_urls=image_urls,
             params=model.sampling.model_copy(update={"seed": sample_seed(model, event.instruction_id, i)}),
         )
         for i in range(event.samples_per_model)
@@ -84,6 +87,14 @@ def load_images(uris: list[str], blobs: BlobStore, policy: ImagePolicy) -> list[
     return images
 
 
+def image_urls(uris: list[str], blobs: BlobStore, base_url: str) -> list[str]:
+    """The instruction's images as URLs the model server fetches, each checked to be stored (a
+    missing one goes to the DLQ here, with its URI, rather than fail at the server)."""
+    for uri in uris:
+        blobs.require(uri)
+    return [blob_url(uri, base_url) for uri in uris]
+
+
 async def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Response]:
     """Answer an instruction assigned to this model; answers already in the ledger are re-published
     as they are (a redelivery after a crash never calls the model again)."""
@@ -93,9 +104,13 @@ async def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list
     if len(done) >= event.samples_per_model:
         return sorted(done, key=lambda r: r.sample_index)[: event.samples_per_model]
     images: list[bytes] = []
-    if event.image_uris:  # blob reads may go over the network and decoding takes CPU: not on the loop
+    urls: list[str] = []
+    # Blob reads may go over the network and decoding takes CPU: not on the loop.
+    if event.image_uris and ctx.model.image_url_base:
+        urls = await asyncio.to_thread(image_urls, event.image_uris, ctx.blobs, ctx.model.image_url_base)
+    elif event.image_uris:
         images = await asyncio.to_thread(load_images, event.image_uris, ctx.blobs, ctx.image_policy)
-    requests = build_requests(event, ctx.model, images)
+    requests = build_requests(event, ctx.model, images, urls)
     results = await ctx.backend.agenerate(requests)
     responses = [
         to_response(event, ctx.model.id, i, req.params, res)

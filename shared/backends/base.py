@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SamplingParams(BaseModel):
@@ -32,8 +32,19 @@ class GenerationRequest(BaseModel):
 
     messages: list[ChatMessage]
     images: list[bytes] = Field(default_factory=list, description="Encoded image files (PNG/JPEG).")
+    image_urls: list[str] = Field(
+        default_factory=list,
+        description="http(s) URLs of the images, which the model server fetches itself (HTTP and vLLM "
+        "backends); instead of ``images``, never with them.",
+    )
     params: SamplingParams = SamplingParams()
     response_format: dict | None = Field(None, description="A JSON schema the reply must follow.")
+
+    @model_validator(mode="after")
+    def _images_one_way(self) -> GenerationRequest:
+        if self.images and self.image_urls:
+            raise ValueError("a request carries its images as bytes or as URLs, not both")
+        return self
 
 
 class GenerationResult(BaseModel):

@@ -82,14 +82,14 @@ def image_data_url(image: bytes) -> str:
 
 
 def build_messages(request: GenerationRequest) -> list[dict[str, Any]]:
-    """OpenAI chat messages; the images go, before the text, into the first user message."""
+    """OpenAI chat messages; the images (data URLs, or the URLs the server fetches) go, before the
+    text, into the first user message."""
+    urls = [image_data_url(image) for image in request.images] + request.image_urls
     messages: list[dict[str, Any]] = []
-    images_placed = not request.images
+    images_placed = not urls
     for message in request.messages:
         if message.role == "user" and not images_placed:
-            parts: list[dict[str, Any]] = [
-                {"type": "image_url", "image_url": {"url": image_data_url(image)}} for image in request.images
-            ]
+            parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
             parts.append({"type": "text", "text": message.text})
             messages.append({"role": "user", "content": parts})
             images_placed = True
@@ -254,8 +254,9 @@ class OpenAIHttpBackend:
 
     Defaults: 16 concurrent calls, 120 s timeout per call, 5 retries with full-jitter exponential
     backoff from 0.5 s capped at 30 s (a server's Retry-After wins, within the same cap).
-    ``latency_s`` of a result is the duration of its successful HTTP call. Images travel as base64
-    data URLs, the one form every OpenAI-compatible server accepts. ``chat_template`` (the template's
+    ``latency_s`` of a result is the duration of its successful HTTP call. Image bytes travel as base64
+    data URLs, the one form every OpenAI-compatible server accepts; a request's ``image_urls`` go as
+    they are, for servers allowed to fetch them. ``chat_template`` (the template's
     text) goes with every request, for servers that take a per-request template (vLLM). A concurrency
     slot is held through a request's backoff sleeps, so a rate-limited server sees fewer calls.
     """

@@ -47,6 +47,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def decode_images(request: GenerationRequest) -> list[Image.Image]:
+    if request.image_urls:
+        raise PermanentBackendError("the transformers backend takes image bytes, not URLs (image_url_base)")
     try:
         return [Image.open(io.BytesIO(data)).convert("RGB") for data in request.images]
     except OSError as exc:

@@ -3,7 +3,8 @@
 URI form: ``sha256:<64 lowercase hex>[<suffix>]``, e.g. ``sha256:9f86...0a08.png``. The URI names the
 content, not the place, so events stay valid when the store moves (local dir -> s3:// bucket).
 The optional suffix (``.png``) only helps humans and tools that look at the files; the hash covers
-the bytes alone. A blob lives at ``<root>/sha256/<first 2 hex>/<hex><suffix>``.
+the bytes alone. A blob lives at ``<root>/sha256/<first 2 hex>/<hex><suffix>``, so a root served over
+HTTP gives every blob a URL (``blob_url``) that a model server can fetch itself.
 
 All I/O goes through fsspec, so ``root_url`` may be a local folder or any fsspec URL (s3://, gs://,
 memory://) whose filesystem package is installed.
@@ -39,6 +40,18 @@ def parse_blob_uri(uri: str) -> tuple[str, str]:
     return match["hex"], match["suffix"]
 
 
+def blob_key(uri: str) -> str:
+    """Where a blob lives under the store's root: ``sha256/<first 2 hex>/<hex><suffix>``."""
+    hex_digest, suffix = parse_blob_uri(uri)
+    return f"sha256/{hex_digest[:2]}/{hex_digest}{suffix}"
+
+
+def blob_url(uri: str, base_url: str) -> str:
+    """The blob's address where the store's root is served over HTTP(S) at ``base_url`` (a bucket's
+    public or CDN address, a static file server)."""
+    return f"{base_url.rstrip('/')}/{blob_key(uri)}"
+
+
 class BlobStore:
     """Stores bytes under their sha256 and returns them only if they still hash to it."""
 
@@ -71,9 +84,13 @@ class BlobStore:
     def exists(self, uri: str) -> bool:
         return self._fs.exists(self._path(uri))
 
+    def require(self, uri: str) -> None:
+        """``BlobNotFound`` unless a blob is stored under ``uri`` (without reading it)."""
+        if not self.exists(uri):
+            raise BlobNotFound(f"no blob {uri} in {self._fs.unstrip_protocol(self._root)}")
+
     def _path(self, uri: str) -> str:
-        hex_digest, suffix = parse_blob_uri(uri)
-        return f"{self._root}/sha256/{hex_digest[:2]}/{hex_digest}{suffix}"
+        return f"{self._root}/{blob_key(uri)}"
 
     def _write_whole(self, path: str, data: bytes) -> None:
         """Readers must never see half a blob: an object PUT is atomic, a local file needs a rename."""

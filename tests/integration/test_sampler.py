@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from shared.blobs.images import ImagePolicy
-from shared.blobs.store import BlobStore
+from shared.blobs.store import BlobStore, blob_url
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.ledger import Ledger
@@ -26,6 +33,24 @@ def server():
     running = serve_in_thread(TestServerConfig(latency_s=0.01))
     yield running
     running.stop()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        """Keep pytest output clean."""
+
+
+@contextmanager
+def serving_over_http(root: Path) -> Iterator[str]:
+    """``root`` served as static files (how a bucket or a CDN serves the blob store)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _instructions(pipeline: Pipeline, registry: Registry, start: int, count: int) -> list[ev.Instruction]:
@@ -140,3 +165,44 @@ def test_an_instruction_that_cannot_be_answered_is_dead_lettered_with_the_reason
     assert reasons["bad-length-instruction"]["error.class"] == "ContextLengthError"
     assert "context" in reasons["bad-length-instruction"]["error.message"].lower()
     assert {r.instruction_id for r in ledger.iter_facts(ev.Response)} == {i.instruction_id for i in good}
+
+
+def test_a_model_with_an_image_url_base_sends_urls_that_the_server_fetches(
+    kafka_bootstrap, namespace, ledger_url, tmp_path, server
+):
+    """No image bytes in the requests: the model server downloads each image from the blob store's
+    HTTP address; an image missing from the store is dead-lettered before any call."""
+    registry_path = write_registry(tmp_path / "registry.yaml", server.base_url, ["m1"], k=1)
+    pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry_path)
+    pipeline.blob_dir.mkdir()
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    with serving_over_http(pipeline.blob_dir) as blob_base:
+        registry = yaml.safe_load(registry_path.read_text())
+        registry["models"][0]["image_url_base"] = blob_base
+        registry_path.write_text(yaml.safe_dump(registry))
+        answerable = _instructions(pipeline, Registry.load(registry_path), 0, 3)
+        missing = ev.Instruction(
+            instruction_id="missing-image",
+            prompt="What is it?",
+            image_uris=["sha256:" + "0" * 64 + ".png"],
+            models=["m1"],
+        )
+        try:
+            with EventPublisher(pipeline.settings) as publisher:
+                publisher.publish([*answerable, missing])
+            pipeline.start("services.sampler", "sampler-m1", VLF_SAMPLER_MODEL_ID="m1")
+            wait_until(
+                lambda: ledger.count(ev.Response) == len(answerable), 60, "the answerable instructions"
+            )
+            (dead,) = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=1)
+        finally:
+            failures = pipeline.stop_all()
+    assert not failures, failures
+    calls = httpx.get(server.base_url.removesuffix("/v1") + "/_calls").json()
+    assert all(call["status"] == 200 and call["n_images"] == 1 for call in calls)
+    assert sorted(url for call in calls for url in call["fetched_image_urls"]) == sorted(
+        blob_url(inst.image_uris[0], blob_base) for inst in answerable
+    )
+    assert dead.key == b"missing-image"
+    assert read_dlq_headers(dead.headers)["error.class"] == "BlobNotFound"

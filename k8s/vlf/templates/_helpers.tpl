@@ -135,6 +135,9 @@ models:
     {{- if .systemPrompt }}
     system_prompt: {{ .systemPrompt | quote }}
     {{- end }}
+    {{- if .imageUrlBase }}
+    image_url_base: {{ .imageUrlBase | quote }}
+    {{- end }}
     concurrency: {{ default 4 .concurrency }}
     {{- if include "vlf.hasApiKey" . }}
     api_key_env: {{ include "vlf.apiKeyEnv" .id }}

@@ -191,7 +191,13 @@ def three_samplers() -> dict[str, Any]:
                 "baseUrl": "http://lvlm:8000/v1",
                 "sampling": sampling,
             },
-            {"id": "gpu-vllm", "backend": "openai", "model": "org/m2", "vllm": {"enabled": True, "gpus": 2}},
+            {
+                "id": "gpu-vllm",
+                "backend": "openai",
+                "model": "org/m2",
+                "vllm": {"enabled": True, "gpus": 2},
+                "imageUrlBase": "https://cdn.example.com/vlf-blobs",
+            },
             {"id": "gpu-inproc", "backend": "transformers", "model": "org/m3", "gpus": 1},
         ]
     }
@@ -204,6 +210,9 @@ def test_three_samplers_render_three_deployments_with_distinct_consumer_groups(t
     envs = [env_of(d["spec"]["template"]["spec"]["containers"][0]) for d in deployments]
     assert sorted(e["VLF_SAMPLER_MODEL_ID"] for e in envs) == ["cpu-http", "gpu-inproc", "gpu-vllm"]
     assert len({d["metadata"]["name"] for d in deployments}) == 3
+    registry = Registry.model_validate(registry_of(objects))
+    assert registry.model("gpu-vllm").image_url_base == "https://cdn.example.com/vlf-blobs"
+    assert registry.model("cpu-http").image_url_base is None
 
 
 def test_gpu_pods_get_gpus_and_the_gpu_pool_and_cpu_pods_do_not(tmp_path: Path) -> None:

@@ -14,9 +14,11 @@ from shared.openai_test_server import (
     ChatCompletionRequest,
     TestServerConfig,
     count_prompt_tokens,
-    decode_data_url_image,
+    data_url_bytes,
     default_responder,
     draw_misbehaviour,
+    is_fetched,
+    verify_image,
 )
 
 
@@ -45,12 +47,15 @@ def test_prompt_tokens_are_words_plus_a_fixed_cost_per_image() -> None:
     assert count_prompt_tokens(request) == 2 + 4 + TOKENS_PER_IMAGE
 
 
-def test_image_urls_must_be_decodable_data_urls() -> None:
-    decode_data_url_image(png_data_url())
+def test_image_urls_must_be_decodable_data_urls_unless_fetched() -> None:
+    verify_image(data_url_bytes(png_data_url()))
+    assert is_fetched("https://example.com/cat.png") and is_fetched("http://10.0.0.1/cat.png")
     with pytest.raises(ValueError, match="base64 data URL"):
-        decode_data_url_image("https://example.com/cat.png")
+        data_url_bytes("ftp://example.com/cat.png")
+    with pytest.raises(ValueError, match="not valid base64"):
+        data_url_bytes("data:image/png;base64,***")
     with pytest.raises(ValueError, match="does not decode"):
-        decode_data_url_image("data:image/png;base64," + base64.b64encode(b"not an image").decode())
+        verify_image(data_url_bytes("data:image/png;base64," + base64.b64encode(b"not an image").decode()))
 
 
 def test_failure_draws_follow_the_script_then_the_seeded_rates() -> None:

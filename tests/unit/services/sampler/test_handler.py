@@ -1,5 +1,9 @@
-from services.sampler.handler import build_requests, response_status, sample_seed
+import pytest
+
+from services.sampler.handler import build_requests, image_urls, response_status, sample_seed
 from shared.backends.base import GenerationResult
+from shared.blobs.errors import BlobNotFound
+from shared.blobs.store import BlobStore, blob_uri
 from shared.contracts import events as ev
 from shared.registry import ModelEntry
 
@@ -15,7 +19,7 @@ def test_seeds_differ_per_sample_and_work_for_any_instruction_id():
 
 def test_one_request_per_sample_with_the_prompt_and_images():
     inst = ev.Instruction(instruction_id="inst-00000001", prompt="What is it?", samples_per_model=3)
-    requests = build_requests(inst, MODEL, [b"png-bytes"])
+    requests = build_requests(inst, MODEL, [b"png-bytes"], [])
     assert len(requests) == 3
     assert {r.params.seed for r in requests} == {sample_seed(MODEL, inst.instruction_id, i) for i in range(3)}
     assert all(r.messages[-1].text == "What is it?" and r.images == [b"png-bytes"] for r in requests)
@@ -25,3 +29,27 @@ def test_empty_and_refused_answers_are_recorded_as_such():
     assert response_status(GenerationResult(text="  ", finish_reason="stop")) == "empty"
     assert response_status(GenerationResult(text="no", finish_reason="content_filter")) == "refused"
     assert response_status(GenerationResult(text="A cat.", finish_reason="stop")) == "answered"
+
+
+def test_with_an_image_url_base_images_go_as_urls_and_a_missing_one_is_refused(tmp_path):
+    blobs = BlobStore(str(tmp_path))
+    uri = blobs.put(b"png bytes", suffix=".png")
+    hex_digest = uri.removeprefix("sha256:").removesuffix(".png")
+
+    assert image_urls([uri], blobs, "http://blobs:8080") == [
+        f"http://blobs:8080/sha256/{hex_digest[:2]}/{hex_digest}.png"
+    ]
+    with pytest.raises(BlobNotFound):
+        image_urls([uri, blob_uri(b"never stored")], blobs, "http://blobs:8080")
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"backend": "transformers", "image_url_base": "http://blobs"}, "takes image bytes"),
+        ({"backend": "openai", "image_url_base": "s3://bucket/blobs"}, "must be an http"),
+    ],
+)
+def test_image_url_base_needs_an_http_url_and_a_backend_that_fetches(fields, error):
+    with pytest.raises(ValueError, match=error):
+        ModelEntry(id="m1", model="x", base_url="http://h/v1", **fields)

@@ -75,6 +75,26 @@ def test_images_go_before_the_text_of_the_first_user_message_only() -> None:
     assert messages[2:] == [{"role": "assistant", "content": "answer"}, {"role": "user", "content": "second"}]
 
 
+def test_image_urls_go_as_they_are_for_the_server_to_fetch() -> None:
+    request = GenerationRequest(
+        messages=[ChatMessage(role="user", text="what?")], image_urls=["https://cdn.example.com/a.png"]
+    )
+    [message] = build_messages(request)
+    assert message["content"] == [
+        {"type": "image_url", "image_url": {"url": "https://cdn.example.com/a.png"}},
+        {"type": "text", "text": "what?"},
+    ]
+
+
+def test_a_request_carries_its_images_one_way() -> None:
+    with pytest.raises(ValueError, match="bytes or as URLs, not both"):
+        GenerationRequest(
+            messages=[ChatMessage(role="user", text="x")],
+            images=[encoded_image("PNG")],
+            image_urls=["https://cdn.example.com/a.png"],
+        )
+
+
 def test_text_only_requests_use_plain_string_content() -> None:
     request = GenerationRequest(messages=[ChatMessage(role="user", text="hi")])
     assert build_messages(request) == [{"role": "user", "content": "hi"}]

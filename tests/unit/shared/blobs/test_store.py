@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shared.blobs.errors import BlobCorrupt, BlobNotFound, InvalidBlobUri
-from shared.blobs.store import BlobStore, blob_uri, parse_blob_uri
+from shared.blobs.store import BlobStore, blob_uri, blob_url, parse_blob_uri
 from shared.errors import PermanentError
 
 IMAGE_BYTES = b"\x89PNG pretend image bytes"
@@ -90,6 +90,24 @@ def test_malformed_uris_are_refused(tmp_path: Path, uri: str) -> None:
 
     with pytest.raises(InvalidBlobUri):
         store.get(uri)
+
+
+def test_a_root_served_over_http_gives_each_blob_a_url_at_its_place_in_the_store(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path))
+    uri = store.put(b"image bytes", suffix=".png")
+    hex_digest = uri.removeprefix("sha256:").removesuffix(".png")
+
+    url = blob_url(uri, "https://cdn.example.com/vlf-blobs/")
+
+    assert url == f"https://cdn.example.com/vlf-blobs/sha256/{hex_digest[:2]}/{hex_digest}.png"
+    assert (tmp_path / url.removeprefix("https://cdn.example.com/vlf-blobs/")).read_bytes() == b"image bytes"
+
+
+def test_require_refuses_a_missing_blob_without_reading_any(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path))
+    store.require(store.put(b"here"))
+    with pytest.raises(BlobNotFound, match="no blob sha256:"):
+        store.require(blob_uri(b"never stored"))
 
 
 def test_a_suffix_must_look_like_an_extension() -> None:
