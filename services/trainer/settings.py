@@ -25,7 +25,6 @@ class TrainerSettings(YamlOverlaySettings):
     save_steps: int = Field(
         50, ge=1, description="Checkpoint interval in optimizer steps (resume granularity)."
     )
-    allow_cpu_bf16: bool = Field(False, description="bf16 is used only on GPU unless this is set.")
     launcher: Literal["process", "kubernetes"] = Field(
         "process",
         description="Where jobs run: child processes of the service, or one Kubernetes Job per run.",
