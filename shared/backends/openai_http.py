@@ -254,11 +254,11 @@ class OpenAIHttpBackend:
 
     Defaults: 16 concurrent calls, 120 s timeout per call, 5 retries with full-jitter exponential
     backoff from 0.5 s capped at 30 s (a server's Retry-After wins, within the same cap).
-    ``latency_s`` of a result is the duration of its successful HTTP call. Image bytes travel as base64
-    data URLs, the one form every OpenAI-compatible server accepts; a request's ``image_urls`` go as
-    they are, for servers allowed to fetch them. ``chat_template`` (the template's
-    text) goes with every request, for servers that take a per-request template (vLLM). A concurrency
-    slot is held through a request's backoff sleeps, so a rate-limited server sees fewer calls.
+    ``latency_s`` of a result is the duration of its successful HTTP call. Image bytes travel as
+    base64 data URLs, the one form every OpenAI-compatible server accepts; a request's ``image_urls``
+    go as they are, for servers allowed to fetch them. ``chat_template`` (the template's text) goes
+    with every request, for servers that take a per-request template (vLLM). A concurrency slot is
+    held through a request's backoff sleeps, so a rate-limited server sees fewer calls.
     """
 
     def __init__(
