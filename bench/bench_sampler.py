@@ -19,7 +19,10 @@ The extra time is the sampler's event loop being late to send a request and to r
 ``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
 a deployment scales a model past one core: more replicas, one partition each at most).
 
-Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 100] [--runs 1x1,16x1,64x1,64x2]``
+One run at 64 varies by +-0.04 of ideal on this VM (two identical runs, back to back); ``--repeat``
+runs every spec several times, interleaved, and prints each one's median and range.
+
+Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 100] [--runs 1x1,16x1,64x1,64x2] [--repeat 5]``
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import httpx
 import psutil
@@ -165,6 +169,9 @@ def main() -> None:
         default="1x1,16x1,64x1,64x2",
         help="Comma-separated CONCURRENCYxREPLICAS: total concurrency, split over that many processes.",
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="Runs of each spec; above 1, each spec's median and range."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sampler-") as tmp_name:
         tmp = Path(tmp_name)
@@ -178,20 +185,35 @@ def main() -> None:
                     f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6} {'last 10%/s':>10} {'ratio':>6} "
                     f"{'call ms':>7} {'peak':>4}   CPU ms/answer: samplers server broker"
                 )
-                for spec in args.runs.split(","):
+                ratios: dict[str, list[tuple[float, float]]] = {}
+                for spec in (
+                    args.runs.split(",") * args.repeat
+                ):  # interleaved, so a slow spell hits every spec
                     concurrency, replicas = (int(part) for part in spec.split("x"))
                     count = max(20, args.waves * concurrency)
                     result = run(concurrency, replicas, count, bootstrap, tmp, base_url)
                     ideal = concurrency / args.latency
                     rate, sustained, cpu = result.end_to_end_rate, result.sustained_rate, result.cpu_ms
                     tail = result.last_tenth_rate
+                    ratios.setdefault(spec, []).append((rate / ideal, sustained / ideal))
                     print(
                         f"{concurrency:>11} {replicas:>8} {count:>8} {ideal:>8.1f} {rate:>12.1f} "
                         f"{rate / ideal:>6.2f} {sustained:>11.1f} {sustained / ideal:>6.2f} "
                         f"{tail:>10.1f} {tail / ideal:>6.2f} "
                         f"{result.call_latency_ms:>7.1f} {result.server_peak_in_flight:>4} "
-                        f"{cpu['samplers']:>30.2f} {cpu['server']:>6.2f} {cpu['broker']:>6.2f}"
+                        f"{cpu['samplers']:>30.2f} {cpu['server']:>6.2f} {cpu['broker']:>6.2f}",
+                        flush=True,
                     )
+                if args.repeat > 1:
+                    for spec, runs in ratios.items():
+                        print(
+                            f"{spec} over {len(runs)} runs: "
+                            + ", ".join(
+                                f"{name} median {median(r[i] for r in runs):.2f} "
+                                f"({min(r[i] for r in runs):.2f}-{max(r[i] for r in runs):.2f})"
+                                for i, name in enumerate(("end to end", "sustained"))
+                            )
+                        )
         finally:
             kafka_local.stop_broker(broker)
 
