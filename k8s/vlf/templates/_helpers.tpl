@@ -113,6 +113,11 @@ Images: (dict "image" .Values.common.image "root" $)
 {{- printf "http://%s:%v/v1" (include "vlf.componentName" (dict "root" .root "component" "vllm" "id" .entry.id)) .root.Values.vllm.port -}}
 {{- end -}}
 
+{{/* A sampler's chat template override: a key of the registry ConfigMap, mounted beside it. */}}
+{{- define "vlf.chatTemplateFile" -}}
+{{- printf "chat-template-%s.jinja" .id -}}
+{{- end -}}
+
 {{/*
 The model + judge registry read by every service (VLF_REGISTRY_PATH).
 */}}
@@ -137,6 +142,9 @@ models:
     {{- end }}
     {{- if .imageUrlBase }}
     image_url_base: {{ .imageUrlBase | quote }}
+    {{- end }}
+    {{- if .chatTemplate }}
+    chat_template: {{ printf "/etc/vlf/registry/%s" (include "vlf.chatTemplateFile" .) | quote }}
     {{- end }}
     concurrency: {{ default 4 .concurrency }}
     {{- if include "vlf.hasApiKey" . }}

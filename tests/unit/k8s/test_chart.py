@@ -190,6 +190,7 @@ def three_samplers() -> dict[str, Any]:
                 "model": "m1",
                 "baseUrl": "http://lvlm:8000/v1",
                 "sampling": sampling,
+                "chatTemplate": "{% for m in messages %}{{ m['content'] }}{% endfor %}\n",
             },
             {
                 "id": "gpu-vllm",
@@ -213,6 +214,23 @@ def test_three_samplers_render_three_deployments_with_distinct_consumer_groups(t
     registry = Registry.model_validate(registry_of(objects))
     assert registry.model("gpu-vllm").image_url_base == "https://cdn.example.com/vlf-blobs"
     assert registry.model("cpu-http").image_url_base is None
+
+
+def test_a_samplers_chat_template_is_mounted_where_its_registry_entry_points(tmp_path: Path) -> None:
+    values = three_samplers()
+    objects = render([write_values(tmp_path, values)])
+    template_path = Path(Registry.model_validate(registry_of(objects)).model("cpu-http").chat_template)
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-registry")]
+    (deployment,) = [
+        d for d in of_kind(objects, "Deployment", "sampler") if d["metadata"]["labels"]["vlf.io/id"] == "cpu-http"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if str(template_path).startswith(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert template_path.parent == Path(mount["mountPath"])
+    assert configmap["data"][template_path.name] == values["samplers"][0]["chatTemplate"]
+    assert registry_of(objects)["models"][1].get("chat_template") is None
 
 
 def test_gpu_pods_get_gpus_and_the_gpu_pool_and_cpu_pods_do_not(tmp_path: Path) -> None:
