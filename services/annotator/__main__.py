@@ -40,8 +40,8 @@ def main() -> None:
     judge = registry.judge(settings.judge_id)
     ledger = Ledger(common.ledger_url)
     ledger.migrate()
-    backend = build_backend(judge) if judge.kind == "ai" else None
     metrics_registry = CollectorRegistry()
+    backend = build_backend(judge, metrics=metrics_registry) if judge.kind == "ai" else None
     ctx = AnnotatorContext(
         judge=judge,
         registry=registry,

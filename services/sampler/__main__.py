@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from prometheus_client import CollectorRegistry
+
 from services.sampler.handler import SamplerContext, handle_instruction
 from services.sampler.settings import SamplerSettings, with_lanes_for
 from shared.backends.build import build_backend
@@ -27,7 +29,8 @@ def main() -> None:
     ledger = Ledger(common.ledger_url)
     ledger.migrate()
     loop = LoopThread(name="sampler-loop")  # the handler's lanes and the HTTP backend share it
-    backend = build_backend(model, loop=loop)
+    metrics_registry = CollectorRegistry()
+    backend = build_backend(model, loop=loop, metrics=metrics_registry)
     async_ledger = AsyncLedger(ledger)
     ctx = SamplerContext(
         model=model,
@@ -46,7 +49,7 @@ def main() -> None:
         loop=loop,
     )
     try:
-        serve(definition, with_lanes_for(common, model), settings)
+        serve(definition, with_lanes_for(common, model), settings, registry=metrics_registry)
     finally:
         backend.close()
         async_ledger.close()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from shared.backends.base import Backend
 from shared.registry import JudgeEntry, ModelEntry
 from shared.runtime.event_loop import LoopThread
 
 
-def build_backend(entry: ModelEntry | JudgeEntry, loop: LoopThread | None = None) -> Backend:
-    """``loop``: the service's event loop, which an HTTP backend then runs on (else its own)."""
+def build_backend(
+    entry: ModelEntry | JudgeEntry, loop: LoopThread | None = None, metrics: CollectorRegistry | None = None
+) -> Backend:
+    """``loop``: the service's event loop, which an HTTP backend then runs on (else its own);
+    ``metrics``: the registry the service serves on /metrics, for the backend's series."""
     chat_template = entry.read_chat_template() if isinstance(entry, ModelEntry) else None
     match entry.backend:
         case "openai":
@@ -21,16 +26,19 @@ def build_backend(entry: ModelEntry | JudgeEntry, loop: LoopThread | None = None
                 concurrency=entry.concurrency,
                 timeout_s=entry.timeout_s,
                 chat_template=chat_template,
+                registry=metrics,
                 loop=loop,
             )
         case "transformers":
             from shared.backends.transformers_local import TransformersBackend
 
             return TransformersBackend(
-                entry.model, max_batch_size=entry.concurrency, chat_template=chat_template
+                entry.model, max_batch_size=entry.concurrency, chat_template=chat_template, registry=metrics
             )
         case "vllm":
             from shared.backends.vllm_local import VllmBackend
 
-            return VllmBackend(entry.model, max_batch_size=entry.concurrency, chat_template=chat_template)
+            return VllmBackend(
+                entry.model, max_batch_size=entry.concurrency, chat_template=chat_template, registry=metrics
+            )
     raise ValueError(f"unknown backend {entry.backend!r}")

@@ -26,11 +26,12 @@ from typing import Any
 import httpx2
 import openai
 from openai import AsyncOpenAI, RequestOptions
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
+from shared.backends.metrics import BackendMetrics, outcome_of
 from shared.runtime.event_loop import LoopThread
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 # openai client refuses to start without one.
 NO_API_KEY = "EMPTY"
 CHECK_TIMEOUT_S = 5.0
-LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _CONTEXT_LENGTH_PATTERN = re.compile(
     r"context length|context_length|maximum context|too many tokens|maximum model length", re.IGNORECASE
 )
@@ -209,43 +209,6 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-# --- metrics -------------------------------------------------------------------------------------
-
-
-class BackendMetrics:
-    """The backend's Prometheus series, registered on the registry the service exposes."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "vlf_backend_requests",
-            "Generation requests by final outcome (ok, transient, permanent, context_length).",
-            ["model", "outcome"],
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "vlf_backend_tokens",
-            "Tokens reported by the server; direction is in (prompt) or out (completion).",
-            ["model", "direction"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "vlf_backend_latency_seconds",
-            "Latency of successful HTTP calls.",
-            ["model"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
-            "vlf_backend_in_flight", "HTTP calls now awaiting the server.", ["model"], registry=registry
-        )
-        self.errors = Counter(
-            "vlf_backend_errors",
-            "Failed HTTP attempts, retried or not, by kind.",
-            ["model", "kind"],
-            registry=registry,
-        )
-
-
 # --- the backend ---------------------------------------------------------------------------------
 
 
@@ -294,13 +257,7 @@ class OpenAIHttpBackend:
         # then waits behind the Kafka and ledger threads to get it back.
         self._idempotency_prefix = f"vlf-{uuid.uuid4().hex}"
         self._request_numbers = itertools.count()
-        self._metrics = BackendMetrics(registry if registry is not None else CollectorRegistry())
-        # The series of every successful call, bound once (``labels()`` is a locked lookup).
-        self._ok_requests = self._metrics.requests.labels(model, "ok")
-        self._tokens_in = self._metrics.tokens.labels(model, "in")
-        self._tokens_out = self._metrics.tokens.labels(model, "out")
-        self._latency = self._metrics.latency.labels(model)
-        self._in_flight = self._metrics.in_flight.labels(model)
+        self._metrics = BackendMetrics(model, registry)
         # The service's loop when it has one (its async handlers then await ``agenerate`` on it).
         self._loop = loop or LoopThread(name=f"openai-http-{model}")
         self._owns_loop = loop is None
@@ -357,10 +314,7 @@ class OpenAIHttpBackend:
                 result = await self._call_with_retries(kwargs, options)
             except (openai.APIError, TransientBackendError) as error:
                 raise self._classified(error) from None
-        self._ok_requests.inc()
-        self._tokens_in.inc(result.prompt_tokens)
-        self._tokens_out.inc(result.completion_tokens)
-        self._latency.observe(result.latency_s)
+        self._metrics.succeeded(result)
         return result
 
     async def _call_with_retries(self, kwargs: dict[str, Any], options: RequestOptions) -> GenerationResult:
@@ -386,13 +340,13 @@ class OpenAIHttpBackend:
         throughput at high concurrency; the payload is already built by ``build_completion_kwargs``."""
         started = time.perf_counter()
         try:
-            with self._in_flight.track_inprogress():
+            with self._metrics.in_flight.track_inprogress():
                 response = await self._client.post(
                     "/chat/completions", body=kwargs, cast_to=httpx2.Response, options=options
                 )
             return result_from_completion(response.content, time.perf_counter() - started)
         except (openai.APIError, TransientBackendError) as error:
-            self._metrics.errors.labels(self.model, error_kind(error)).inc()
+            self._metrics.attempt_failed(error_kind(error))
             raise
 
     def _wait_s(self, error: BaseException, attempt: int) -> float:
@@ -417,17 +371,19 @@ class OpenAIHttpBackend:
         self, error: openai.APIError | TransientBackendError
     ) -> TransientBackendError | PermanentBackendError:
         """Our error class for an error that retries could not (or must not) fix."""
-        kind = error_kind(error)
         description = self._describe(error)
+        classified: TransientBackendError | PermanentBackendError
         if is_transient(error):
-            self._metrics.requests.labels(self.model, "transient").inc()
             attempts = self._max_retries + 1
-            return TransientBackendError(f"{self.model}: gave up after {attempts} attempts: {description}")
-        if kind == "context_length":
-            self._metrics.requests.labels(self.model, "context_length").inc()
-            return ContextLengthError(f"{self.model}: {description}")
-        self._metrics.requests.labels(self.model, "permanent").inc()
-        return PermanentBackendError(f"{self.model}: {description}")
+            classified = TransientBackendError(
+                f"{self.model}: gave up after {attempts} attempts: {description}"
+            )
+        elif error_kind(error) == "context_length":
+            classified = ContextLengthError(f"{self.model}: {description}")
+        else:
+            classified = PermanentBackendError(f"{self.model}: {description}")
+        self._metrics.failed(outcome_of(classified))
+        return classified
 
     def _describe(self, error: BaseException) -> str:
         """``status N: server message`` (or the client's message), with the API key redacted."""

@@ -22,10 +22,12 @@ from itertools import groupby
 
 import torch
 from PIL import Image
+from prometheus_client import CollectorRegistry
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
 from shared.backends.base import GenerationRequest, GenerationResult, SamplingParams
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
+from shared.backends.metrics import BackendMetrics, record_batch
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -115,6 +117,7 @@ class TransformersBackend:
         max_batch_size: int = 8,
         adapter_path: str | None = None,
         chat_template: str | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -131,6 +134,7 @@ class TransformersBackend:
         self.max_positions = self.model.config.get_text_config().max_position_embeddings
         self.eos_ids = self._eos_ids()
         self._generating = threading.Lock()
+        self._metrics = BackendMetrics(model_path, registry)
 
     def _eos_ids(self) -> set[int]:
         configured = self.model.generation_config.eos_token_id
@@ -142,12 +146,15 @@ class TransformersBackend:
         """Every batch is prepared and length-checked before any is generated, so nothing is wasted.
         One call at a time: callers in several threads (lanes, ``agenerate``) would otherwise fight
         over the device and over the process-wide RNG a seeded batch forks."""
-        with self._generating:
+        with record_batch(self._metrics, len(requests)), self._generating:
             prepared = [self._prepare(batch) for batch in batches_by_params(requests, self.max_batch_size)]
             results: dict[int, GenerationResult] = {}
             for batch in prepared:
                 results.update(zip(batch.indices, self._generate_batch(batch), strict=True))
-            return [results[index] for index in range(len(requests))]
+        ordered = [results[index] for index in range(len(requests))]
+        for result in ordered:
+            self._metrics.succeeded(result)
+        return ordered
 
     def _prepare(self, batch: list[tuple[int, GenerationRequest]]) -> PreparedBatch:
         texts = [

@@ -9,14 +9,23 @@ import asyncio
 import threading
 import time
 
+from prometheus_client import CollectorRegistry
+
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import ContextLengthError, PermanentBackendError
+from shared.backends.metrics import BackendMetrics, record_batch
 from shared.backends.openai_http import build_messages
 
 
 class VllmBackend:
     def __init__(
-        self, model: str, *, max_batch_size: int = 64, chat_template: str | None = None, **engine_args: object
+        self,
+        model: str,
+        *,
+        max_batch_size: int = 64,
+        chat_template: str | None = None,
+        registry: CollectorRegistry | None = None,
+        **engine_args: object,
     ) -> None:
         from vllm import LLM
 
@@ -25,6 +34,7 @@ class VllmBackend:
         self.max_batch_size = max_batch_size
         self._chat_template = chat_template  # None: the model's own
         self._generating = threading.Lock()  # ``LLM`` is not thread-safe: one batch at a time
+        self._metrics = BackendMetrics(model, registry)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSampling
@@ -40,17 +50,18 @@ class VllmBackend:
             )
             for r in requests
         ]
-        try:
-            with self._generating:
-                outputs = self._llm.chat(
-                    conversations, params, chat_template=self._chat_template, use_tqdm=False
-                )
-        except ValueError as exc:
-            if "longer than the maximum model length" in str(exc) or "max_model_len" in str(exc):
-                raise ContextLengthError(str(exc)) from exc
-            raise PermanentBackendError(str(exc)) from exc
+        with record_batch(self._metrics, len(requests)):
+            try:
+                with self._generating:
+                    outputs = self._llm.chat(
+                        conversations, params, chat_template=self._chat_template, use_tqdm=False
+                    )
+            except ValueError as exc:
+                if "longer than the maximum model length" in str(exc) or "max_model_len" in str(exc):
+                    raise ContextLengthError(str(exc)) from exc
+                raise PermanentBackendError(str(exc)) from exc
         latency = time.monotonic() - started
-        return [
+        results = [
             GenerationResult(
                 text=out.outputs[0].text,
                 finish_reason=out.outputs[0].finish_reason or "stop",
@@ -60,6 +71,9 @@ class VllmBackend:
             )
             for out in outputs
         ]
+        for result in results:
+            self._metrics.succeeded(result)
+        return results
 
     async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """In a worker thread: generation holds the CPU or GPU, never the event loop."""

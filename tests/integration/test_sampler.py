@@ -18,6 +18,7 @@ from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore, blob_url
 from shared.contracts import events as ev
 from shared.contracts import topics
+from shared.kafka_local import free_ports
 from shared.ledger import Ledger
 from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import Registry
@@ -149,12 +150,16 @@ def test_an_instruction_that_cannot_be_answered_is_dead_lettered_with_the_reason
         models=["m1"],
     )
     too_long = ev.Instruction(instruction_id="bad-length-instruction", prompt="word " * 500, models=["m1"])
+    http_port = free_ports()
     try:
         with EventPublisher(pipeline.settings) as publisher:
             publisher.publish([good[0], missing_image, good[1], too_long, good[2], good[3]])
-        pipeline.start("services.sampler", "sampler-m1", VLF_SAMPLER_MODEL_ID="m1")
+        pipeline.start(
+            "services.sampler", "sampler-m1", VLF_SAMPLER_MODEL_ID="m1", VLF_HTTP_PORT=str(http_port)
+        )
         wait_until(lambda: ledger.count(ev.Response) == len(good), 60, "the good instructions answered")
         dead = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=2)
+        metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
     finally:
         failures = pipeline.stop_all()
         limited.stop()
@@ -165,6 +170,10 @@ def test_an_instruction_that_cannot_be_answered_is_dead_lettered_with_the_reason
     assert reasons["bad-length-instruction"]["error.class"] == "ContextLengthError"
     assert "context" in reasons["bad-length-instruction"]["error.message"].lower()
     assert {r.instruction_id for r in ledger.iter_facts(ev.Response)} == {i.instruction_id for i in good}
+    # The model's series are on the sampler's own /metrics (the missing image never reached it).
+    assert 'vlf_backend_requests_total{model="test-model",outcome="ok"} 4.0' in metrics
+    assert 'vlf_backend_requests_total{model="test-model",outcome="context_length"} 1.0' in metrics
+    assert 'vlf_backend_latency_seconds_count{model="test-model"} 4.0' in metrics
 
 
 def test_a_model_with_an_image_url_base_sends_urls_that_the_server_fetches(

@@ -5,6 +5,7 @@ import io
 
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
 from shared.backends.errors import ContextLengthError, PermanentBackendError
@@ -117,6 +118,27 @@ def test_a_chat_template_override_replaces_the_models_own(backend, model_path):
         overriding.close()
 
     assert overridden.prompt_tokens > plain.prompt_tokens
+
+
+def test_metrics_count_requests_tokens_and_refusals_per_model(model_path):
+    registry = CollectorRegistry()
+    counted = TransformersBackend(str(model_path), device="cpu", registry=registry)
+    try:
+        results = counted.generate([ask("What colour?", [png("red")], max_tokens=3)] * 2)
+        with pytest.raises(ContextLengthError):
+            counted.generate([ask("word " * (counted.max_positions + 10), [], max_tokens=3)])
+    finally:
+        counted.close()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"model": str(model_path), **labels})
+
+    assert value("vlf_backend_requests_total", outcome="ok") == 2
+    assert value("vlf_backend_requests_total", outcome="context_length") == 1
+    assert value("vlf_backend_tokens_total", direction="in") == sum(r.prompt_tokens for r in results)
+    assert value("vlf_backend_tokens_total", direction="out") == sum(r.completion_tokens for r in results)
+    assert value("vlf_backend_latency_seconds_count") == 2
+    assert value("vlf_backend_in_flight") == 0
 
 
 def test_an_undecodable_image_is_a_permanent_error(backend):
