@@ -160,6 +160,10 @@ def run(concurrency: int, replicas: int, count: int, bootstrap: str, tmp: Path, 
     )
 
 
+def spread(ratios: list[float]) -> str:
+    return f"median {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.2)
@@ -185,17 +189,18 @@ def main() -> None:
                     f"{'ratio':>6} {'sustained/s':>11} {'ratio':>6} {'last 10%/s':>10} {'ratio':>6} "
                     f"{'call ms':>7} {'peak':>4}   CPU ms/answer: samplers server broker"
                 )
-                ratios: dict[str, list[tuple[float, float]]] = {}
-                for spec in (
-                    args.runs.split(",") * args.repeat
-                ):  # interleaved, so a slow spell hits every spec
+                end_to_end: dict[str, list[float]] = {}
+                steady: dict[str, list[float]] = {}
+                # Interleaved, so a slow spell of the VM hits every spec alike.
+                for spec in args.runs.split(",") * args.repeat:
                     concurrency, replicas = (int(part) for part in spec.split("x"))
                     count = max(20, args.waves * concurrency)
                     result = run(concurrency, replicas, count, bootstrap, tmp, base_url)
                     ideal = concurrency / args.latency
                     rate, sustained, cpu = result.end_to_end_rate, result.sustained_rate, result.cpu_ms
                     tail = result.last_tenth_rate
-                    ratios.setdefault(spec, []).append((rate / ideal, sustained / ideal))
+                    end_to_end.setdefault(spec, []).append(rate / ideal)
+                    steady.setdefault(spec, []).append(sustained / ideal)
                     print(
                         f"{concurrency:>11} {replicas:>8} {count:>8} {ideal:>8.1f} {rate:>12.1f} "
                         f"{rate / ideal:>6.2f} {sustained:>11.1f} {sustained / ideal:>6.2f} "
@@ -205,14 +210,10 @@ def main() -> None:
                         flush=True,
                     )
                 if args.repeat > 1:
-                    for spec, runs in ratios.items():
+                    for spec in end_to_end:
                         print(
-                            f"{spec} over {len(runs)} runs: "
-                            + ", ".join(
-                                f"{name} median {median(r[i] for r in runs):.2f} "
-                                f"({min(r[i] for r in runs):.2f}-{max(r[i] for r in runs):.2f})"
-                                for i, name in enumerate(("end to end", "sustained"))
-                            )
+                            f"{spec} over {args.repeat} runs: end to end {spread(end_to_end[spec])}, "
+                            f"sustained {spread(steady[spec])}"
                         )
         finally:
             kafka_local.stop_broker(broker)

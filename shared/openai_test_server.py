@@ -2,8 +2,8 @@
 
 It speaks ``POST /v1/chat/completions`` and ``GET /v1/models`` like vLLM or OpenAI, validates the
 request shape (a data-URL image must decode; an http(s) image URL is fetched, as vLLM does, and must
-decode too), and misbehaves on request: latency, 429 with
-Retry-After, 500, hangs past the client's timeout, a context limit. Every call is recorded
+decode too), and misbehaves on request: latency, 429 with Retry-After, 500, hangs past the client's
+timeout, a context limit. Every call is recorded
 (``GET/DELETE /_calls``, ``GET /_stats``) so tests can check what a client really sent.
 
 Token counting rule (reported in ``usage``): prompt tokens = whitespace-separated words of every

@@ -75,7 +75,7 @@ class BlobStore:
         try:
             data = self._fs.cat_file(self._path(uri))
         except FileNotFoundError as error:
-            raise BlobNotFound(f"no blob {uri} in {self._fs.unstrip_protocol(self._root)}") from error
+            raise self._not_found(uri) from error
         actual_hex = hashlib.sha256(data).hexdigest()
         if actual_hex != expected_hex:
             raise BlobCorrupt(f"blob {uri} is corrupt: its bytes hash to sha256:{actual_hex}")
@@ -87,7 +87,10 @@ class BlobStore:
     def require(self, uri: str) -> None:
         """``BlobNotFound`` unless a blob is stored under ``uri`` (without reading it)."""
         if not self.exists(uri):
-            raise BlobNotFound(f"no blob {uri} in {self._fs.unstrip_protocol(self._root)}")
+            raise self._not_found(uri)
+
+    def _not_found(self, uri: str) -> BlobNotFound:
+        return BlobNotFound(f"no blob {uri} in {self._fs.unstrip_protocol(self._root)}")
 
     def _path(self, uri: str) -> str:
         return f"{self._root}/{blob_key(uri)}"

@@ -220,7 +220,7 @@ def test_a_samplers_chat_template_is_mounted_where_its_registry_entry_points(tmp
     values = three_samplers()
     objects = render([write_values(tmp_path, values)])
     template_path = Path(Registry.model_validate(registry_of(objects)).model("cpu-http").chat_template)
-    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-registry")]
+    configmap = registry_configmap(objects)
     (deployment,) = [
         d for d in of_kind(objects, "Deployment", "sampler") if d["metadata"]["labels"]["vlf.io/id"] == "cpu-http"
     ]
@@ -272,11 +272,15 @@ def test_vllm_server_runs_the_model_with_tensor_parallelism_and_memory_shm(tmp_p
     assert model["base_url"] == f"http://{service['metadata']['name']}:8000/v1"
 
 
-def registry_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+def registry_configmap(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (configmap,) = [
         o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-registry")
     ]
-    return yaml.safe_load(configmap["data"]["registry.yaml"])
+    return configmap
+
+
+def registry_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return yaml.safe_load(registry_configmap(objects)["data"]["registry.yaml"])
 
 
 def test_registry_configmap_carries_every_model_and_judge(rendered: dict[str, list[dict[str, Any]]]) -> None:
