@@ -18,6 +18,7 @@ from shared.openai_test_server import (
     default_responder,
     draw_misbehaviour,
     is_fetched,
+    latency_jitter_s,
     verify_image,
 )
 
@@ -67,6 +68,15 @@ def test_failure_draws_follow_the_script_then_the_seeded_rates() -> None:
     assert 0.25 < draws.count("rate_limited") / 2000 < 0.35
     assert 0.15 < draws.count("server_error") / 2000 < 0.25
     assert draws[1:].count("hang") == 0
+
+
+def test_latency_jitter_is_seeded_per_call_and_within_its_bound() -> None:
+    config = TestServerConfig(latency_jitter_s=0.05, seed=3)
+    jitters = [latency_jitter_s(config, index) for index in range(500)]
+
+    assert jitters == [latency_jitter_s(config, index) for index in range(500)]
+    assert all(0 <= jitter <= 0.05 for jitter in jitters) and len(set(jitters)) == 500
+    assert latency_jitter_s(TestServerConfig(seed=3), 7) == 0.0
 
 
 def test_default_reply_is_deterministic_and_json_when_a_schema_is_asked() -> None:
