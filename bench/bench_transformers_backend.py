@@ -1,4 +1,5 @@
-"""Completion tokens/s of TransformersBackend on a tiny model: one batch of 8 vs 8 requests one at a time.
+"""Completion tokens/s of TransformersBackend on a tiny model: 8 requests one at a time, as one batch,
+and as 8 concurrent ``agenerate`` calls (how the sampler's lanes call it: they share batches).
 
 python bench/bench_transformers_backend.py [--family qwen2_vl] [--max-tokens 32]
 """
@@ -6,6 +7,7 @@ python bench/bench_transformers_backend.py [--family qwen2_vl] [--max-tokens 32]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import tempfile
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
 from shared.backends.transformers_local import TransformersBackend
 from shared.tinymodels import FAMILIES, build_tiny_vlm
 
@@ -34,9 +36,21 @@ def requests(count: int, max_tokens: int) -> list[GenerationRequest]:
     ]
 
 
-def tokens_per_s(backend: TransformersBackend, batch: list[GenerationRequest], batched: bool) -> float:
+async def concurrent_calls(
+    backend: TransformersBackend, batch: list[GenerationRequest]
+) -> list[GenerationResult]:
+    answers = await asyncio.gather(*(backend.agenerate([request]) for request in batch))
+    return [answer for (answer,) in answers]
+
+
+def tokens_per_s(backend: TransformersBackend, batch: list[GenerationRequest], mode: str) -> float:
     started = time.perf_counter()
-    results = backend.generate(batch) if batched else [backend.generate([r])[0] for r in batch]
+    if mode == "batch":
+        results = backend.generate(batch)
+    elif mode == "concurrent":
+        results = asyncio.run(concurrent_calls(backend, batch))
+    else:
+        results = [backend.generate([request])[0] for request in batch]
     return sum(result.completion_tokens for result in results) / (time.perf_counter() - started)
 
 
@@ -48,11 +62,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         backend = TransformersBackend(str(build_tiny_vlm(cli.family, Path(scratch))), max_batch_size=8)
         batch = requests(8, cli.max_tokens)
-        tokens_per_s(backend, batch[:2], batched=True)  # warm-up
-        one_at_a_time = tokens_per_s(backend, batch, batched=False)
-        batched = tokens_per_s(backend, batch, batched=True)
+        tokens_per_s(backend, batch[:2], "batch")  # warm-up
+        one_at_a_time = tokens_per_s(backend, batch, "one_at_a_time")
+        batched = tokens_per_s(backend, batch, "batch")
+        concurrent = tokens_per_s(backend, batch, "concurrent")
+        backend.close()
     print(f"{cli.family} on {backend.device}: one at a time {one_at_a_time:.1f} tokens/s, ", end="")
-    print(f"batch of 8 {batched:.1f} tokens/s ({batched / one_at_a_time:.2f}x)")
+    print(f"batch of 8 {batched:.1f} tokens/s ({batched / one_at_a_time:.2f}x), ", end="")
+    print(f"8 concurrent calls {concurrent:.1f} tokens/s ({concurrent / one_at_a_time:.2f}x)")
 
 
 if __name__ == "__main__":

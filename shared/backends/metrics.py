@@ -82,14 +82,16 @@ class BackendMetrics:
 
 
 @contextmanager
-def record_batch(metrics: BackendMetrics, requests: int) -> Iterator[None]:
+def record_batch(metrics: BackendMetrics, requests: int, *, count_failures: bool = True) -> Iterator[None]:
     """An in-process backend's call: its requests are in flight meanwhile, and all of them fail
-    together if it raises (a batch succeeds or fails as one)."""
+    together if it raises (a batch succeeds or fails as one). ``count_failures=False`` for a batch
+    whose requests are tried again if it fails (``shared.backends.coalesce``): not a final outcome."""
     metrics.in_flight.inc(requests)
     try:
         yield
     except (TransientBackendError, PermanentBackendError) as error:
-        metrics.failed(outcome_of(error), requests)
+        if count_failures:
+            metrics.failed(outcome_of(error), requests)
         raise
     finally:
         metrics.in_flight.dec(requests)

@@ -4,16 +4,17 @@ Used where no inference server is worth running: tests and the local demo with t
 ``shared.tinymodels``, small GPU jobs, and the evaluator scoring a freshly trained adapter.
 
 Reproducibility: greedy requests (temperature 0) are deterministic. A sampled request with a
-``seed`` is reproducible for the same batch (same requests, same order), model, device and library
-versions: the seed is set for the batch on a forked RNG, so the process-wide RNG is left untouched,
-but a sampled answer depends on its batch-mates. Requests are batched only with requests that have
-identical sampling parameters, in arrival order. ``response_format`` is not enforced (no
+``seed`` runs alone, on a forked RNG set to its seed (a sampled answer depends on its batch-mates,
+and the process-wide RNG stays untouched), so it is reproducible for the same model, device and
+library versions whatever else is asked meanwhile. Greedy requests are batched with greedy requests
+of the same parameters (their seeds do not matter), unseeded sampled ones with those of identical
+parameters, in arrival order; concurrent ``agenerate`` calls share one batch
+(``shared.backends.coalesce``). ``response_format`` is not enforced (no
 constrained decoding here): callers validate the reply, as they must with any backend.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
 import time
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
 from shared.backends.base import GenerationRequest, GenerationResult, SamplingParams
+from shared.backends.coalesce import coalescing_batcher
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
 
@@ -73,12 +75,20 @@ def chat_messages(request: GenerationRequest) -> list[dict]:
     return messages
 
 
+def batch_key(index: int, params: SamplingParams) -> object:
+    """Requests with equal keys may share a batch: a greedy answer ignores the seed; a seeded
+    sampled answer would depend on its batch-mates, so its key is its own."""
+    if params.temperature == 0.0:
+        return params.model_copy(update={"seed": None})
+    return params if params.seed is None else index
+
+
 def batches_by_params(
     requests: list[GenerationRequest], max_batch_size: int
 ) -> list[list[tuple[int, GenerationRequest]]]:
-    """Consecutive runs of requests with equal sampling parameters, cut at ``max_batch_size``."""
+    """Consecutive runs of requests with equal ``batch_key``, cut at ``max_batch_size``."""
     batches: list[list[tuple[int, GenerationRequest]]] = []
-    for _, run in groupby(enumerate(requests), key=lambda item: item[1].params):
+    for _, run in groupby(enumerate(requests), key=lambda item: batch_key(item[0], item[1].params)):
         indexed = list(run)
         batches.extend(indexed[i : i + max_batch_size] for i in range(0, len(indexed), max_batch_size))
     return batches
@@ -135,6 +145,7 @@ class TransformersBackend:
         self.eos_ids = self._eos_ids()
         self._generating = threading.Lock()
         self._metrics = BackendMetrics(model_path, registry)
+        self._calls = coalescing_batcher(self.generate, "transformers-batches")
 
     def _eos_ids(self) -> set[int]:
         configured = self.model.generation_config.eos_token_id
@@ -142,11 +153,13 @@ class TransformersBackend:
         ids.add(self.processor.tokenizer.eos_token_id)
         return ids
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def generate(
+        self, requests: list[GenerationRequest], *, count_failures: bool = True
+    ) -> list[GenerationResult]:
         """Every batch is prepared and length-checked before any is generated, so nothing is wasted.
         One call at a time: callers in several threads (lanes, ``agenerate``) would otherwise fight
         over the device and over the process-wide RNG a seeded batch forks."""
-        with record_batch(self._metrics, len(requests)), self._generating:
+        with record_batch(self._metrics, len(requests), count_failures=count_failures), self._generating:
             prepared = [self._prepare(batch) for batch in batches_by_params(requests, self.max_batch_size)]
             results: dict[int, GenerationResult] = {}
             for batch in prepared:
@@ -208,14 +221,15 @@ class TransformersBackend:
         return results
 
     async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """In a worker thread: generation holds the CPU or GPU, never the event loop."""
-        return await asyncio.to_thread(self.generate, requests)
+        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
+        return await self._calls.call(requests)
 
     def check(self) -> None:
         if self.model is None:
             raise TransientBackendError("the backend is closed")
 
     def close(self) -> None:
+        self._calls.close()
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,17 +1,20 @@
 """In-process vLLM (GPU extra): batched chat generation through ``vllm.LLM.chat``.
 
 Imported only when a registry entry asks for ``backend: vllm``; the ``gpu`` extra installs vLLM.
+Concurrent ``agenerate`` calls (the sampler's lanes) share one ``LLM.chat`` call
+(``shared.backends.coalesce``); per-request seeds keep each sampled answer independent of its
+batch-mates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 from prometheus_client import CollectorRegistry
 
 from shared.backends.base import GenerationRequest, GenerationResult
+from shared.backends.coalesce import coalescing_batcher
 from shared.backends.errors import ContextLengthError, PermanentBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
 from shared.backends.openai_http import build_messages
@@ -35,8 +38,11 @@ class VllmBackend:
         self._chat_template = chat_template  # None: the model's own
         self._generating = threading.Lock()  # ``LLM`` is not thread-safe: one batch at a time
         self._metrics = BackendMetrics(model, registry)
+        self._calls = coalescing_batcher(self.generate, "vllm-batches")
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def generate(
+        self, requests: list[GenerationRequest], *, count_failures: bool = True
+    ) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSampling
 
         started = time.monotonic()
@@ -50,7 +56,7 @@ class VllmBackend:
             )
             for r in requests
         ]
-        with record_batch(self._metrics, len(requests)):
+        with record_batch(self._metrics, len(requests), count_failures=count_failures):
             try:
                 with self._generating:
                     outputs = self._llm.chat(
@@ -76,11 +82,12 @@ class VllmBackend:
         return results
 
     async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """In a worker thread: generation holds the CPU or GPU, never the event loop."""
-        return await asyncio.to_thread(self.generate, requests)
+        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
+        return await self._calls.call(requests)
 
     def check(self) -> None:
         """In-process: ready once constructed."""
 
     def close(self) -> None:
+        self._calls.close()
         del self._llm

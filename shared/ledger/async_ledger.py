@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from functools import partial
 
+from shared.batching import AsyncBatcher
 from shared.contracts import events as ev
 from shared.ledger import tables as t
-from shared.ledger.batcher import AsyncBatcher
 from shared.ledger.store import Ledger, Rows, fact_rows
 
 # How long a batch waits for more calls before it runs. A lone INSERT and commit costs ~0.7 ms of CPU,

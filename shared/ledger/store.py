@@ -23,10 +23,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.batching import Batcher
 from shared.contracts import events as ev
 from shared.contracts.ids import stable_hash
 from shared.ledger import tables as t
-from shared.ledger.batcher import Batcher
 from shared.ledger.errors import LedgerUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -97,6 +97,48 @@ def test_seeded_samples_are_the_same_when_asked_from_many_coroutines_at_once(bac
     assert asyncio.run(all_at_once()) == alone
 
 
+def test_concurrent_calls_share_batches_and_a_bad_one_fails_alone(model_path, monkeypatch):
+    """The sampler's lanes each await one instruction: greedy ones go to the model together and each
+    caller gets the answer a lone call gives; a prompt over the context fails only its own caller
+    (its batch-mates run again alone) and counts once."""
+    registry = CollectorRegistry()
+    batched = TransformersBackend(str(model_path), device="cpu", max_batch_size=4, registry=registry)
+    requests = [
+        ask(f"What colour is shape {i}?", [png(c)], max_tokens=5, seed=i)
+        for i, c in enumerate(["red", "green", "blue", "cyan", "magenta", "yellow"])
+    ]
+    too_long = ask("red " * (batched.max_positions + 10), [png("red")], max_tokens=5)
+
+    def all_at_once(asked: list[GenerationRequest]) -> list:
+        async def gathered() -> list:
+            return await asyncio.gather(*(batched.agenerate([r]) for r in asked), return_exceptions=True)
+
+        return asyncio.run(gathered())
+
+    try:
+        alone = [batched.generate([request])[0].text for request in requests]
+        batch_sizes: list[int] = []
+        model_generate = batched.model.generate
+
+        def counted_generate(**inputs):
+            batch_sizes.append(inputs["input_ids"].shape[0])
+            return model_generate(**inputs)
+
+        monkeypatch.setattr(batched.model, "generate", counted_generate)
+        together = all_at_once(requests)
+        with_a_bad_one = all_at_once([requests[0], too_long, requests[1]])
+    finally:
+        batched.close()
+
+    assert [result[0].text for result in together] == alone
+    assert batch_sizes[:2] == [4, 2]  # max_batch_size 4: six calls in two model batches
+    assert isinstance(with_a_bad_one[1], ContextLengthError)
+    assert [with_a_bad_one[0][0].text, with_a_bad_one[2][0].text] == alone[:2]
+    ok = registry.get_sample_value("vlf_backend_requests_total", {"model": str(model_path), "outcome": "ok"})
+    refused = {"model": str(model_path), "outcome": "context_length"}
+    assert ok == 6 + 6 + 2 and registry.get_sample_value("vlf_backend_requests_total", refused) == 1
+
+
 def test_a_prompt_longer_than_the_context_is_refused_before_any_generation(backend):
     too_long = ask("red " * (backend.max_positions + 10), [png("red")])
 
@@ -148,11 +190,22 @@ def test_an_undecodable_image_is_a_permanent_error(backend):
 
 def test_batches_split_on_params_and_size():
     greedy, sampled = SamplingParams(), SamplingParams(temperature=0.7)
-    requests = [GenerationRequest(messages=[], params=p) for p in [greedy] * 3 + [sampled] + [greedy]]
+    requests = [GenerationRequest(messages=[], params=p) for p in [greedy] * 3 + [sampled] * 2 + [greedy]]
 
     batches = batches_by_params(requests, max_batch_size=2)
 
-    assert [[index for index, _ in batch] for batch in batches] == [[0, 1], [2], [3], [4]]
+    assert [[index for index, _ in batch] for batch in batches] == [[0, 1], [2], [3, 4], [5]]
+
+
+def test_greedy_requests_batch_whatever_their_seeds_and_seeded_samples_run_alone():
+    """A seed does not change a greedy answer; a seeded sample depends on its batch-mates."""
+    greedy = [SamplingParams(seed=seed) for seed in (1, 2, 3)]
+    seeded = [SamplingParams(temperature=0.7, seed=5)] * 2
+    requests = [GenerationRequest(messages=[], params=p) for p in greedy + seeded]
+
+    batches = batches_by_params(requests, max_batch_size=8)
+
+    assert [[index for index, _ in batch] for batch in batches] == [[0, 1, 2], [3], [4]]
 
 
 def test_completion_length_stops_at_the_first_eos():

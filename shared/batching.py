@@ -1,5 +1,6 @@
-"""Batching of concurrent ledger calls: calls that arrive together from many threads (``Batcher``)
-or from many tasks of one event loop (``AsyncBatcher``) share one query or one transaction.
+"""Batching of concurrent calls: calls that arrive together from many threads (``Batcher``) or
+from many tasks of one event loop (``AsyncBatcher``) share one run: one ledger query or transaction,
+one batch of an in-process model (``shared.backends.coalesce``).
 
 A service runs up to 64 handler lanes, and each message costs a ledger read and a ledger write. One
 transaction per call cost ~0.6-0.8 ms of CPU each (connection checkout, BEGIN, statement, COMMIT),

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from shared.ledger.batcher import AsyncBatcher, Batcher
+from shared.batching import AsyncBatcher, Batcher
 
 
 def _run_concurrently(count: int, target) -> None:  # noqa: ANN001
