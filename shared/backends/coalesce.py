@@ -1,19 +1,21 @@
-"""Concurrent ``agenerate`` calls of an in-process backend share one ``generate`` call.
+"""Concurrent calls of an in-process backend share one model call.
 
-The sampler answers one instruction per lane, so an in-process backend (transformers, vLLM) gets one
+A service answers one instruction per lane, so an in-process backend (transformers, vLLM) gets one
 instruction's requests per call, and runs its calls one at a time: without this, a batch of one
 where the model could take dozens. Here the calls that arrive while a batch runs form the next batch
-(``AsyncBatcher``, in a thread of its own) and each caller gets its own results. If a batch fails,
-its calls run again one by one, so a prompt over the context or an undecodable image fails only its
-own instruction; only those final outcomes count in ``vlf_backend_requests_total``.
+and each caller gets its own results: ``AsyncBatcher`` for the sampler's coroutine lanes, ``Batcher``
+for the annotator's thread lanes. If a batch fails, its calls run again one by one, so a prompt over
+the context or an undecodable image fails only its own instruction; only those final outcomes count
+in ``vlf_backend_requests_total``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from shared.backends.base import GenerationRequest, GenerationResult
-from shared.batching import AsyncBatcher
+from shared.batching import AsyncBatcher, Batcher
 
 Call = list[GenerationRequest]  # one caller's requests (an instruction's samples)
 
@@ -26,8 +28,8 @@ class CountedGenerate(Protocol):
     ) -> list[GenerationResult]: ...
 
 
-def coalescing_batcher(generate: CountedGenerate, name: str) -> AsyncBatcher[Call, list[GenerationResult]]:
-    """``await batcher.call(requests)`` from the loop's tasks; ``close()`` when the backend closes."""
+def run_calls_with(generate: CountedGenerate) -> Callable[[list[Call]], list[list[GenerationResult]]]:
+    """The batch function of both batchers: every call's requests in one ``generate``, split back."""
 
     def run_calls(calls: list[Call]) -> list[list[GenerationResult]]:
         if len(calls) == 1:  # alone, or again alone after its batch failed: its outcome is final
@@ -35,4 +37,23 @@ def coalescing_batcher(generate: CountedGenerate, name: str) -> AsyncBatcher[Cal
         results = iter(generate([request for call in calls for request in call], count_failures=False))
         return [[next(results) for _ in call] for call in calls]
 
-    return AsyncBatcher(run_calls, name)
+    return run_calls
+
+
+class CoalescedCalls:
+    """``generate`` from any thread and ``agenerate`` from the loop's tasks, each batched with the
+    calls made meanwhile; the model runs one batch at a time (the backend's own lock)."""
+
+    def __init__(self, generate: CountedGenerate, name: str) -> None:
+        run_calls = run_calls_with(generate)
+        self._from_threads: Batcher[Call, list[GenerationResult]] = Batcher(run_calls)
+        self._from_tasks: AsyncBatcher[Call, list[GenerationResult]] = AsyncBatcher(run_calls, name)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return self._from_threads.call(requests)
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return await self._from_tasks.call(requests)
+
+    def close(self) -> None:
+        self._from_tasks.close()

@@ -8,7 +8,7 @@ Reproducibility: greedy requests (temperature 0) are deterministic. A sampled re
 and the process-wide RNG stays untouched), so it is reproducible for the same model, device and
 library versions whatever else is asked meanwhile. Greedy requests are batched with greedy requests
 of the same parameters (their seeds do not matter), unseeded sampled ones with those of identical
-parameters, in arrival order; concurrent ``agenerate`` calls share one batch
+parameters, in arrival order; concurrent calls share one batch
 (``shared.backends.coalesce``). ``response_format`` is not enforced (no
 constrained decoding here): callers validate the reply, as they must with any backend.
 """
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
 from shared.backends.base import GenerationRequest, GenerationResult, SamplingParams
-from shared.backends.coalesce import coalescing_batcher
+from shared.backends.coalesce import CoalescedCalls
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
 
@@ -145,7 +145,7 @@ class TransformersBackend:
         self.eos_ids = self._eos_ids()
         self._generating = threading.Lock()
         self._metrics = BackendMetrics(model_path, registry)
-        self._calls = coalescing_batcher(self.generate, "transformers-batches")
+        self._calls = CoalescedCalls(self._generate, "transformers-batches")
 
     def _eos_ids(self) -> set[int]:
         configured = self.model.generation_config.eos_token_id
@@ -153,12 +153,20 @@ class TransformersBackend:
         ids.add(self.processor.tokenizer.eos_token_id)
         return ids
 
-    def generate(
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Results in request order; batched with the calls other threads make meanwhile."""
+        return self._calls.generate(requests)
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
+        return await self._calls.agenerate(requests)
+
+    def _generate(
         self, requests: list[GenerationRequest], *, count_failures: bool = True
     ) -> list[GenerationResult]:
         """Every batch is prepared and length-checked before any is generated, so nothing is wasted.
-        One call at a time: callers in several threads (lanes, ``agenerate``) would otherwise fight
-        over the device and over the process-wide RNG a seeded batch forks."""
+        One call at a time: the batches of threads and of the loop's tasks would otherwise fight over
+        the device and over the process-wide RNG a seeded batch forks."""
         with record_batch(self._metrics, len(requests), count_failures=count_failures), self._generating:
             prepared = [self._prepare(batch) for batch in batches_by_params(requests, self.max_batch_size)]
             results: dict[int, GenerationResult] = {}
@@ -219,10 +227,6 @@ class TransformersBackend:
                 )
             )
         return results
-
-    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
-        return await self._calls.call(requests)
 
     def check(self) -> None:
         if self.model is None:

@@ -1,7 +1,7 @@
 """In-process vLLM (GPU extra): batched chat generation through ``vllm.LLM.chat``.
 
 Imported only when a registry entry asks for ``backend: vllm``; the ``gpu`` extra installs vLLM.
-Concurrent ``agenerate`` calls (the sampler's lanes) share one ``LLM.chat`` call
+Concurrent calls (the sampler's and the annotator's lanes) share one ``LLM.chat`` call
 (``shared.backends.coalesce``); per-request seeds keep each sampled answer independent of its
 batch-mates.
 """
@@ -14,7 +14,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from shared.backends.base import GenerationRequest, GenerationResult
-from shared.backends.coalesce import coalescing_batcher
+from shared.backends.coalesce import CoalescedCalls
 from shared.backends.errors import ContextLengthError, PermanentBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
 from shared.backends.openai_http import build_messages
@@ -38,9 +38,17 @@ class VllmBackend:
         self._chat_template = chat_template  # None: the model's own
         self._generating = threading.Lock()  # ``LLM`` is not thread-safe: one batch at a time
         self._metrics = BackendMetrics(model, registry)
-        self._calls = coalescing_batcher(self.generate, "vllm-batches")
+        self._calls = CoalescedCalls(self._generate, "vllm-batches")
 
-    def generate(
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Results in request order; batched with the calls other threads make meanwhile."""
+        return self._calls.generate(requests)
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
+        return await self._calls.agenerate(requests)
+
+    def _generate(
         self, requests: list[GenerationRequest], *, count_failures: bool = True
     ) -> list[GenerationResult]:
         from vllm import SamplingParams as VllmSampling
@@ -80,10 +88,6 @@ class VllmBackend:
         for result in results:
             self._metrics.succeeded(result)
         return results
-
-    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
-        return await self._calls.call(requests)
 
     def check(self) -> None:
         """In-process: ready once constructed."""

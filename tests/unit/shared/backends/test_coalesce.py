@@ -2,11 +2,12 @@
 the caller whose request broke it, and only final outcomes are counted as failures."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from shared.backends.base import ChatMessage, GenerationRequest, GenerationResult
-from shared.backends.coalesce import coalescing_batcher
+from shared.backends.coalesce import CoalescedCalls
 from shared.backends.errors import ContextLengthError
 
 
@@ -36,11 +37,11 @@ class RecordingGenerate:
 
 
 async def call_all(generate: RecordingGenerate, calls: list[list[GenerationRequest]]) -> list:
-    batcher = coalescing_batcher(generate, "test-batches")
+    coalesced = CoalescedCalls(generate, "test-batches")
     try:
-        return await asyncio.gather(*(batcher.call(call) for call in calls), return_exceptions=True)
+        return await asyncio.gather(*(coalesced.agenerate(call) for call in calls), return_exceptions=True)
     finally:
-        batcher.close()
+        coalesced.close()
 
 
 def test_calls_made_together_share_one_generate_and_each_gets_its_own_results():
@@ -85,3 +86,27 @@ def test_every_caller_is_answered_whatever_the_batch_size(count):
     results = asyncio.run(call_all(generate, [[ask(str(i))] for i in range(count)]))
 
     assert [result[0].text for result in results] == [str(i) for i in range(count)]
+
+
+def test_calls_from_threads_are_batched_too_and_a_bad_one_fails_alone():
+    """The annotator's lanes are threads: each still gets its own answer or its own error."""
+    generate = RecordingGenerate()
+    coalesced = CoalescedCalls(generate, "test-batches")
+    texts = ["a", "b", "too long", "d", "e", "f"]
+
+    def ask_alone(text: str) -> str | Exception:
+        try:
+            return coalesced.generate([ask(text)])[0].text
+        except ContextLengthError as error:
+            return error
+
+    with ThreadPoolExecutor(len(texts)) as threads:
+        answers = list(threads.map(ask_alone, texts))
+    coalesced.close()
+
+    assert [a for i, a in enumerate(answers) if i != 2] == ["A", "B", "D", "E", "F"]
+    assert isinstance(answers[2], ContextLengthError)
+    assert sorted(text for texts, _ in generate.calls for text in texts if text != "too long") >= list(
+        "abdef"
+    )
+    assert [counted for texts, counted in generate.calls if "too long" in texts].count(True) == 1

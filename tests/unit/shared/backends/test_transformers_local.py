@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -98,9 +99,9 @@ def test_seeded_samples_are_the_same_when_asked_from_many_coroutines_at_once(bac
 
 
 def test_concurrent_calls_share_batches_and_a_bad_one_fails_alone(model_path, monkeypatch):
-    """The sampler's lanes each await one instruction: greedy ones go to the model together and each
-    caller gets the answer a lone call gives; a prompt over the context fails only its own caller
-    (its batch-mates run again alone) and counts once."""
+    """The sampler's lanes (tasks) and the annotator's (threads) each ask for one instruction: greedy
+    ones go to the model together and each caller gets the answer a lone call gives; a prompt over
+    the context fails only its own caller (its batch-mates run again alone) and counts once."""
     registry = CollectorRegistry()
     batched = TransformersBackend(str(model_path), device="cpu", max_batch_size=4, registry=registry)
     requests = [
@@ -126,17 +127,22 @@ def test_concurrent_calls_share_batches_and_a_bad_one_fails_alone(model_path, mo
 
         monkeypatch.setattr(batched.model, "generate", counted_generate)
         together = all_at_once(requests)
+        from_tasks = list(batch_sizes)
+        with ThreadPoolExecutor(len(requests)) as threads:  # the annotator's lanes are threads
+            from_threads = list(threads.map(lambda request: batched.generate([request])[0].text, requests))
+        threads_batch_sizes = batch_sizes[len(from_tasks) :]
         with_a_bad_one = all_at_once([requests[0], too_long, requests[1]])
     finally:
         batched.close()
 
     assert [result[0].text for result in together] == alone
-    assert batch_sizes[:2] == [4, 2]  # max_batch_size 4: six calls in two model batches
+    assert from_tasks == [4, 2]  # max_batch_size 4: six calls in two model batches
+    assert from_threads == alone and max(threads_batch_sizes) > 1
     assert isinstance(with_a_bad_one[1], ContextLengthError)
     assert [with_a_bad_one[0][0].text, with_a_bad_one[2][0].text] == alone[:2]
     ok = registry.get_sample_value("vlf_backend_requests_total", {"model": str(model_path), "outcome": "ok"})
     refused = {"model": str(model_path), "outcome": "context_length"}
-    assert ok == 6 + 6 + 2 and registry.get_sample_value("vlf_backend_requests_total", refused) == 1
+    assert ok == 6 + 6 + 6 + 2 and registry.get_sample_value("vlf_backend_requests_total", refused) == 1
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_any_generation(backend):
