@@ -38,7 +38,6 @@ def build_backend(
         case "vllm":
             from shared.backends.vllm_local import VllmBackend
 
-            return VllmBackend(
-                entry.model, max_batch_size=entry.concurrency, chat_template=chat_template, registry=metrics
-            )
+            # No batch size: the sampler's lanes bound a batch, vLLM's scheduler bounds what runs at once.
+            return VllmBackend(entry.model, chat_template=chat_template, registry=metrics)
     raise ValueError(f"unknown backend {entry.backend!r}")

@@ -57,3 +57,25 @@ class CoalescedCalls:
 
     def close(self) -> None:
         self._from_tasks.close()
+
+
+class CoalescingBackend:
+    """Base of the in-process backends: ``generate`` and ``agenerate`` batched with the calls made
+    meanwhile. A subclass calls ``__init__`` with a thread name once ready to generate, implements
+    ``_generate`` and closes ``_calls`` when it closes."""
+
+    def __init__(self, name: str) -> None:
+        self._calls = CoalescedCalls(self._generate, name)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Results in request order; batched with the calls other threads make meanwhile."""
+        return self._calls.generate(requests)
+
+    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
+        return await self._calls.agenerate(requests)
+
+    def _generate(
+        self, requests: list[GenerationRequest], *, count_failures: bool = True
+    ) -> list[GenerationResult]:
+        raise NotImplementedError

@@ -8,9 +8,9 @@ Reproducibility: greedy requests (temperature 0) are deterministic. A sampled re
 and the process-wide RNG stays untouched), so it is reproducible for the same model, device and
 library versions whatever else is asked meanwhile. Greedy requests are batched with greedy requests
 of the same parameters (their seeds do not matter), unseeded sampled ones with those of identical
-parameters, in arrival order; concurrent calls share one batch
-(``shared.backends.coalesce``). ``response_format`` is not enforced (no
-constrained decoding here): callers validate the reply, as they must with any backend.
+parameters, in arrival order; concurrent calls share one batch (``shared.backends.coalesce``).
+``response_format`` is not enforced (no constrained decoding here): callers validate the reply, as
+they must with any backend.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
 from shared.backends.base import GenerationRequest, GenerationResult, SamplingParams
-from shared.backends.coalesce import CoalescedCalls
+from shared.backends.coalesce import CoalescingBackend
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
 
@@ -115,7 +115,7 @@ class PreparedBatch:
     inputs: BatchFeature
 
 
-class TransformersBackend:
+class TransformersBackend(CoalescingBackend):
     """Loads ``model_path`` (a local folder or hub id) once and answers batches greedily or sampled."""
 
     def __init__(
@@ -145,21 +145,13 @@ class TransformersBackend:
         self.eos_ids = self._eos_ids()
         self._generating = threading.Lock()
         self._metrics = BackendMetrics(model_path, registry)
-        self._calls = CoalescedCalls(self._generate, "transformers-batches")
+        super().__init__("transformers-batches")
 
     def _eos_ids(self) -> set[int]:
         configured = self.model.generation_config.eos_token_id
         ids = {configured} if isinstance(configured, int) else set(configured or [])
         ids.add(self.processor.tokenizer.eos_token_id)
         return ids
-
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Results in request order; batched with the calls other threads make meanwhile."""
-        return self._calls.generate(requests)
-
-    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
-        return await self._calls.agenerate(requests)
 
     def _generate(
         self, requests: list[GenerationRequest], *, count_failures: bool = True

@@ -14,18 +14,17 @@ import time
 from prometheus_client import CollectorRegistry
 
 from shared.backends.base import GenerationRequest, GenerationResult
-from shared.backends.coalesce import CoalescedCalls
+from shared.backends.coalesce import CoalescingBackend
 from shared.backends.errors import ContextLengthError, PermanentBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
 from shared.backends.openai_http import build_messages
 
 
-class VllmBackend:
+class VllmBackend(CoalescingBackend):
     def __init__(
         self,
         model: str,
         *,
-        max_batch_size: int = 64,
         chat_template: str | None = None,
         registry: CollectorRegistry | None = None,
         **engine_args: object,
@@ -34,19 +33,10 @@ class VllmBackend:
 
         self._llm = LLM(model=model, limit_mm_per_prompt={"image": 8}, **engine_args)
         self._max_len = self._llm.llm_engine.model_config.max_model_len
-        self.max_batch_size = max_batch_size
         self._chat_template = chat_template  # None: the model's own
         self._generating = threading.Lock()  # ``LLM`` is not thread-safe: one batch at a time
         self._metrics = BackendMetrics(model, registry)
-        self._calls = CoalescedCalls(self._generate, "vllm-batches")
-
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Results in request order; batched with the calls other threads make meanwhile."""
-        return self._calls.generate(requests)
-
-    async def agenerate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
-        return await self._calls.agenerate(requests)
+        super().__init__("vllm-batches")
 
     def _generate(
         self, requests: list[GenerationRequest], *, count_failures: bool = True
