@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from functools import partial
 
 from prometheus_client import CollectorRegistry
 
-from services.annotator.handler import AnnotatorContext, handle_response, sweep
+from services.annotator.gather import gather_timer
+from services.annotator.handler import AnnotatorContext, handle_response
 from services.annotator.metrics import JudgeMetrics
 from services.annotator.rubric import PromptTemplate
 from services.annotator.settings import AnnotatorSettings
@@ -17,20 +16,9 @@ from shared.blobs.store import BlobStore
 from shared.contracts.topics import ANNOTATIONS, RESPONSES, annotator_group
 from shared.ledger import Ledger
 from shared.registry import Registry
-from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
+from shared.runtime.kafka_runtime import ServiceDefinition
 from shared.runtime.service import serve
 from shared.settings import CommonSettings
-
-log = logging.getLogger(__name__)
-
-
-def gather_timer(ctx: AnnotatorContext, runtime: KafkaRuntime, stopped: threading.Event) -> None:
-    """Every sweep interval, rate what waited past the gather timeout (only this replica's keys)."""
-    while not stopped.wait(ctx.settings.sweep_interval_s):
-        annotations = sweep(ctx, owns=lambda key: runtime.owns(RESPONSES.name, key))
-        if annotations:
-            runtime.publish(annotations)
-            log.info("rated %d instructions after the gather timeout", len(annotations))
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
 """All answers of an instruction -> one judge's ratings. Pure logic over the ledger and the backend.
 
 Gather rule: an instruction is rated once every assigned model has answered (models x samples), or,
-by the timer in ``sweep``, once ``gather_timeout_s`` passed since its newest answer with at least
-``min_answers`` answers (the missing models are recorded on the annotation). A rating set is
-immutable: an answer arriving after its instruction was rated is kept in the ledger but not rated
-(counted as ``late_answer``); a redelivered answer that was rated re-publishes the annotation.
+by the timer in ``services.annotator.gather``, once ``gather_timeout_s`` passed since its newest
+answer with at least ``min_answers`` answers (the missing models are recorded on the annotation).
+A rating set is immutable: an answer arriving after its instruction was rated is kept in the ledger
+but not rated (counted as ``late_answer``); a redelivered answer that was rated re-publishes the
+annotation.
 
-Paid calls: every judge reply is written to the ledger under a deterministic call id before it is
-parsed, and looked up before any call, so a crash and redelivery never pays twice.
+Paid calls: every judge reply is written to the ledger under a deterministic call id (instruction,
+judge, purpose and the answers shown) before it is parsed, and looked up before any call, so a crash
+and redelivery never pays twice.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 from services.annotator.errors import RatingParseError
 from services.annotator.metrics import JudgeMetrics
@@ -100,7 +101,7 @@ def handle_response(event: ev.Response, ctx: AnnotatorContext) -> list[ev.Annota
     inst = event.instruction
     ctx.ledger.record(inst, event)
     with ctx.locks.hold(inst.instruction_id):
-        existing = _existing_annotation(inst.instruction_id, ctx)
+        existing = existing_annotation(inst.instruction_id, ctx)
         if existing is not None:
             if event.response_id in {r.response_id for r in existing.rated}:
                 return [existing]  # redelivery after a crash before the publish
@@ -110,37 +111,18 @@ def handle_response(event: ev.Response, ctx: AnnotatorContext) -> list[ev.Annota
         if len(responses) < expected_answers(inst, ctx.registry):
             return []
         annotation = rate(inst, responses, ctx)
-    return [annotation] if annotation else []
+        if annotation is None:
+            return []
+        ctx.ledger.record(annotation)  # before the runtime publishes it: a redelivery re-publishes it
+    return [annotation]
 
 
-def sweep(
-    ctx: AnnotatorContext, owns: Callable[[str], bool], now: datetime | None = None
-) -> list[ev.Annotation]:
-    """Rate instructions whose missing answers did not come within the gather timeout."""
-    now = now or datetime.now(UTC)
-    settled_before = now - timedelta(seconds=ctx.settings.gather_timeout_s)
-    annotations = []
-    for instruction_id in ctx.ledger.unrated_instructions(ctx.judge.id, settled_before):
-        if not owns(instruction_id):
-            continue
-        with ctx.locks.hold(instruction_id):
-            if _existing_annotation(instruction_id, ctx) is not None:
-                continue
-            responses = ctx.ledger.responses_for(instruction_id)
-            if len(responses) < ctx.settings.min_answers:
-                continue
-            annotation = rate(responses[0].instruction, responses, ctx)
-        if annotation:
-            annotations.append(annotation)
-    return annotations
-
-
-def _existing_annotation(instruction_id: str, ctx: AnnotatorContext) -> ev.Annotation | None:
+def existing_annotation(instruction_id: str, ctx: AnnotatorContext) -> ev.Annotation | None:
     return next((a for a in ctx.ledger.annotations_for(instruction_id) if a.judge_id == ctx.judge.id), None)
 
 
 def rate(inst: ev.Instruction, responses: list[ev.Response], ctx: AnnotatorContext) -> ev.Annotation | None:
-    """Rate every answer (in response-id order) and record the annotation; None when skipped."""
+    """Rate every answer (in response-id order); None when skipped. The caller records the annotation."""
     responses = sorted(responses, key=lambda r: r.response_id)
     usage = _Usage()
     self_agree = None
@@ -197,7 +179,6 @@ def rate(inst: ev.Instruction, responses: list[ev.Response], ctx: AnnotatorConte
             cost_usd=usage.cost_usd,
         ),
     )
-    ctx.ledger.record(annotation)
     return annotation
 
 
@@ -219,7 +200,7 @@ def _judge_pass(
         purpose = f"{tag}:{ctx.judge.mode}:{'+'.join(a.value for a in aspects)}"
         prompt = _prompt(inst, answers, aspects, reply_format, ctx)
         request = _request([ChatMessage(role="user", text=prompt)], images, len(shown), aspects, ctx)
-        reply = _paid_call(inst.instruction_id, purpose, request, ctx, usage)
+        reply = _paid_call(inst.instruction_id, shown, purpose, request, ctx, usage)
         try:
             parsed = parse_ratings(reply, len(shown), aspects, reply_format)
         except RatingParseError as exc:
@@ -232,6 +213,7 @@ def _judge_pass(
             ]
             repaired = _paid_call(
                 inst.instruction_id,
+                shown,
                 purpose + ":repair",
                 _request(messages, images, len(shown), aspects, ctx),
                 ctx,
@@ -280,9 +262,14 @@ def _request(
 
 
 def _paid_call(
-    instruction_id: str, purpose: str, request: GenerationRequest, ctx: AnnotatorContext, usage: _Usage
+    instruction_id: str,
+    shown: Sequence[ev.Response],
+    purpose: str,
+    request: GenerationRequest,
+    ctx: AnnotatorContext,
+    usage: _Usage,
 ) -> str:
-    call_id = Ledger.judge_call_id(instruction_id, ctx.judge.id, purpose)
+    call_id = Ledger.judge_call_id(instruction_id, ctx.judge.id, purpose, [r.response_id for r in shown])
     kept = ctx.ledger.judge_reply(call_id)
     if kept is not None:
         ctx.metrics.reused.labels(ctx.judge.id).inc()

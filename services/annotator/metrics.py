@@ -25,6 +25,13 @@ class JudgeMetrics:
         self.latency = Histogram(
             "vlf_judge_latency_seconds", "Judge call latency.", ["judge"], registry=registry
         )
+        self.sweep_failures = Counter(
+            "vlf_judge_sweep_failures",
+            "Gather-timeout ratings that failed, by kind: retryable (tried again next sweep) or permanent "
+            "(given up until another answer arrives).",
+            ["judge", "kind"],
+            registry=registry,
+        )
         self.skipped = Counter(
             "vlf_judge_skipped", "Instructions not rated, by reason.", ["judge", "reason"], registry=registry
         )

@@ -250,25 +250,39 @@ class Ledger:
         with self._session() as s:
             return s.scalar(query) or 0
 
-    def unrated_instructions(self, judge_id: str, settled_before: datetime, limit: int = 500) -> list[str]:
-        """Instructions with answers but no rating by ``judge_id`` whose newest answer is older than
-        ``settled_before`` (the annotator's gather timeout)."""
+    def unrated_instructions(
+        self,
+        judge_id: str,
+        settled_before: datetime,
+        min_answers: int = 1,
+        after: str | None = None,
+        limit: int = 500,
+    ) -> list[str]:
+        """Instructions with at least ``min_answers`` answers but no rating by ``judge_id`` whose newest
+        answer is older than ``settled_before`` (the annotator's gather timeout), in id order from
+        after ``after``: a page of at most ``limit``, so a sweep pages through all of them."""
         rated = select(t.AnnotationRow.instruction_id).where(t.AnnotationRow.judge_id == judge_id)
         query = (
             select(t.ResponseRow.instruction_id)
             .where(t.ResponseRow.instruction_id.not_in(rated))
             .group_by(t.ResponseRow.instruction_id)
             .having(func.max(t.ResponseRow.created_at) < settled_before)
+            .having(func.count() >= min_answers)
+            .order_by(t.ResponseRow.instruction_id)
             .limit(limit)
         )
+        if after is not None:
+            query = query.where(t.ResponseRow.instruction_id > after)
         with self._session() as s:
             return list(s.scalars(query).all())
 
     # --- paid judge replies ---------------------------------------------------------------------
 
     @staticmethod
-    def judge_call_id(instruction_id: str, judge_id: str, purpose: str) -> str:
-        return stable_hash("judge_call", instruction_id, judge_id, purpose)
+    def judge_call_id(instruction_id: str, judge_id: str, purpose: str, response_ids: list[str]) -> str:
+        """The id a judge reply is kept under: a reply about one set of answers is never reused for
+        another (an answer that arrives later changes what the judge is shown, and where)."""
+        return stable_hash("judge_call", instruction_id, judge_id, purpose, sorted(response_ids))
 
     def judge_reply(self, call_id: str) -> t.JudgeCallRow | None:
         with self._session() as s:

@@ -132,6 +132,18 @@ class KafkaRuntime:
         """Ask the loop to finish; safe from signal handlers and other threads."""
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def crash(self, error: BaseException) -> None:
+        """A background task of the service (a timer) hit a bug: stop loudly, as for a crashed
+        handler (``run`` re-raises ``error``, so the process exits non-zero and is restarted)."""
+        log.error("background task crashed; stopping", exc_info=error)
+        self._fatal = self._fatal or error
+        self._abandon.set()
+        self._stopping.set()
+
     def run(self) -> None:
         """Consume until ``stop()``; re-raises the error that made a handler crash."""
         self.ensure_topics()

@@ -42,6 +42,22 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def run_background(
+    background: Callable[[KafkaRuntime, threading.Event], None],
+    runtime: KafkaRuntime,
+    stopped: threading.Event,
+) -> None:
+    """Run a service's background task; if it raises while the service runs, the service stops with
+    that error instead of going on without it (a daemon thread's error is otherwise only printed)."""
+    try:
+        background(runtime, stopped)
+    except Exception as error:
+        if stopped.is_set() or runtime.stopping:
+            log.info("background task ended while stopping: %r", error)
+        else:
+            runtime.crash(error)
+
+
 def serve(
     definition: ServiceDefinition,
     common: CommonSettings,
@@ -68,7 +84,9 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runtime.stop())
     stopped = threading.Event()
-    worker = threading.Thread(target=background, args=(runtime, stopped), name="background", daemon=True)
+    worker = threading.Thread(
+        target=run_background, args=(background, runtime, stopped), name="background", daemon=True
+    )
     if background is not None:
         worker.start()
     try:

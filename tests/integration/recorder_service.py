@@ -3,7 +3,8 @@ instruction with an echo response. Run as ``python -m tests.integration.recorder
 
 Test knobs (environment): RECORDER_KILL_AFTER=N SIGKILLs the process right after the N-th ledger write
 (before its outputs are published or its offset committed); RECORDER_DELAY_S slows each message;
-RECORDER_ASYNC=1 runs a coroutine handler on an event loop (``AsyncLanePool``) instead of threads.
+RECORDER_ASYNC=1 runs a coroutine handler on an event loop (``AsyncLanePool``) instead of threads;
+RECORDER_BACKGROUND_FAILS_AFTER_S=S gives it a background task that raises after S seconds.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 
 from shared.contracts import events as ev
 from shared.contracts.topics import ALL_TOPICS, RESPONSES
 from shared.ledger import Ledger
 from shared.runtime.event_loop import LoopThread
-from shared.runtime.kafka_runtime import ServiceDefinition
+from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
 from shared.runtime.service import serve
 from shared.settings import CommonSettings
 from tests import factories
@@ -62,6 +64,11 @@ class Recorder:
         return []
 
 
+def failing_background(after_s: float, runtime: KafkaRuntime, stopped: threading.Event) -> None:
+    if not stopped.wait(after_s):
+        raise RuntimeError("the recorder's background task broke")
+
+
 def main() -> None:
     common = CommonSettings()
     ledger = Ledger(common.ledger_url)
@@ -82,7 +89,9 @@ def main() -> None:
         ready_checks={"ledger": ledger.ping},
         loop=loop,
     )
-    serve(definition, common)
+    fails_after = os.environ.get("RECORDER_BACKGROUND_FAILS_AFTER_S")
+    background = partial(failing_background, float(fails_after)) if fails_after else None
+    serve(definition, common, background=background)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,19 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+def test_a_broken_background_task_stops_the_service_loudly(kafka_bootstrap, namespace, ledger_url, tmp_path):
+    """A timer that raised must not leave the service running without it (and looking healthy)."""
+    env = service_env(kafka_bootstrap, namespace, ledger_url, VLF_HTTP_PORT="0")
+    env["RECORDER_BACKGROUND_FAILS_AFTER_S"] = "3"
+    process = start_process(RECORDER, env, tmp_path / "log")
+    try:
+        assert process.wait(timeout=90) != 0
+    finally:
+        process.kill()
+    log = (tmp_path / "log").read_text()
+    assert "background task crashed" in log and "the recorder's background task broke" in log
+
+
 def test_probes_report_real_state_and_readiness_follows_the_broker(namespace, ledger_url, ledger, tmp_path):
     from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 

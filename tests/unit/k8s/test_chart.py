@@ -562,7 +562,13 @@ def test_monitoring_renders_alerts_and_a_dashboard_over_the_pipeline_metrics(
     objects = rendered["prod-gpu"]
     (rule,) = of_kind(objects, "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert alerts == {"VlfDeadLetterGrowth", "VlfConsumerLagHigh", "VlfJudgeSpendRateHigh", "VlfServiceDown"}
+    assert alerts == {
+        "VlfDeadLetterGrowth",
+        "VlfGatherTimeoutRatingFailed",
+        "VlfConsumerLagHigh",
+        "VlfJudgeSpendRateHigh",
+        "VlfServiceDown",
+    }
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (dashboard,) = [
         o

@@ -108,7 +108,7 @@ def test_model_tokens_sum_each_models_answers(ledger):
 
 
 def test_judge_replies_and_predictions_are_kept(ledger):
-    call = Ledger.judge_call_id("inst-1", "gpt", "all_in_one")
+    call = Ledger.judge_call_id("inst-1", "gpt", "all_in_one", ["r1", "r2"])
     assert ledger.judge_reply(call) is None
     ledger.save_judge_reply(
         call,
