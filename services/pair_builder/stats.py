@@ -99,7 +99,7 @@ def collect_stats(
         annotations=annotations,
         models=models,
         rating_histograms={a.value: dict(sorted(h.items())) for a, h in histograms.items()},
-        pairs=pair_stats(_outcomes(ledger, rule, heldout_fraction, seed), rule),
+        pairs=pair_stats(pair_outcomes(ledger, rule, heldout_fraction, seed), rule),
         pairs_in_ledger=ledger.count(ev.Pair, strategy=rule.strategy),
     )
 
@@ -145,7 +145,9 @@ def _annotations(ledger: Ledger, rule: PairRule) -> Iterator[ev.Annotation]:
         yield from ledger.iter_facts(ev.Annotation, judge_id=judge_id)
 
 
-def _outcomes(ledger: Ledger, rule: PairRule, heldout_fraction: float, seed: int) -> Iterator[PairOutcome]:
+def pair_outcomes(
+    ledger: Ledger, rule: PairRule, heldout_fraction: float, seed: int
+) -> Iterator[PairOutcome]:
     """The rule's outcome per instruction, as the pair builder makes it (see ``handler``)."""
     if len(rule.judge_ids) <= 1:  # each annotation on its own: stream them
         for annotation in _annotations(ledger, rule):

@@ -36,15 +36,21 @@ def import_command(
         str, typer.Option(help="Judge id the imported ratings are recorded under.")
     ] = "vlfeedback-gpt4v",
 ) -> None:
-    """Import instructions, answers and ratings into the ledger (idempotent: a re-run adds nothing)."""
+    """Import instructions, answers and ratings into the ledger, and the pairs the pair builder's rule
+    (its VLF_PAIRS_* settings) makes of them, ready for ``vlf train`` (idempotent: a re-run adds nothing)."""
+    from services.pair_builder.backfill import backfill_pairs
     from services.pair_builder.dataset_io import import_vlfeedback
+    from services.pair_builder.settings import PairBuilderSettings
 
+    pair_settings = PairBuilderSettings()
     ledger, blobs = _open()
     report = import_vlfeedback(path, images, ledger, blobs, judge_id=judge_id)
     console.print(
         f"imported {report.records_imported} of {report.records_read} records "
         f"({report.facts_inserted} new facts) in {report.seconds:.1f}s"
     )
+    new_pairs = backfill_pairs(ledger, pair_settings)
+    console.print(f"{new_pairs} new preference pairs (strategy {pair_settings.strategy})")
     for problem in report.problems:
         console.print(f"[yellow]problem[/] {problem}")
     if report.invalid_records or report.missing_images:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from services.pair_builder.dataset_io import (
     VLFEEDBACK_JUDGE,
@@ -20,7 +21,10 @@ from services.pair_builder.dataset_io import (
     parse_rating,
 )
 from services.pair_builder.rules import PairRule, build_pairs
+from services.pair_builder.split import split_of
+from services.trainer.dataset import select_pairs
 from shared.blobs.store import BlobStore
+from shared.cli import app
 from shared.contracts import events as ev
 from shared.ledger import Ledger
 
@@ -210,6 +214,38 @@ def test_imported_ratings_make_the_papers_pairs(store, image_root, tmp_path):
         ("llava-v1.5-13b", "qwen-vl-chat"),
     }
     assert pairs.skipped_bad_ratings == 3
+
+
+def test_vlf_import_makes_the_pairs_vlf_train_reads(image_root, tmp_path):
+    """The released data is trainable as imported: ``vlf import`` also writes the pair builder's
+    pairs (its rule and split), once."""
+    write_jsonl(tmp_path / "v.jsonl", RECORDS)
+    ledger_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {"VLF_LEDGER_URL": ledger_url, "VLF_BLOB_URL": str(tmp_path / "cli-blobs")}
+    command = ["import", str(tmp_path / "v.jsonl"), "--images", str(image_root)]
+    first = CliRunner().invoke(app, command, env=env)
+    assert "new preference pairs" in first.output, first.output
+    ledger = Ledger(ledger_url)
+    try:
+        expected = {
+            (p.instruction_id, p.chosen.response_id, p.rejected.response_id)
+            for a in ledger.iter_facts(ev.Annotation)
+            for p in build_pairs(
+                [a], PairRule(), split_of(a.instruction_id, 0.005, 42), (VLFEEDBACK_JUDGE,)
+            ).pairs
+            if p.split == "train"
+        }
+        selected = select_pairs(ledger, ev.DatasetSelector(split="train"))
+        assert (
+            expected
+            and {(p.instruction_id, p.chosen.response_id, p.rejected.response_id) for p in selected}
+            == expected
+        )
+        again = CliRunner().invoke(app, command, env=env)
+        assert "0 new preference pairs" in again.output, again.output
+        assert ledger.count(ev.Pair) == len(expected)
+    finally:
+        ledger.close()
 
 
 @pytest.fixture
