@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from services.trainer.preference_data import PairRecord
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.ledger import Ledger
 
 
-def select_pairs(ledger: Ledger, selector: ev.DatasetSelector) -> list[ev.Pair]:
-    """Pairs of the selector's split and strategy, from the chosen judges, at or above its margin."""
-    judges = set(selector.judge_ids)
+def select_pairs(
+    ledger: Ledger, selector: ev.DatasetSelector, created_before: datetime | None = None
+) -> list[ev.Pair]:
+    """Pairs of the selector's split and strategy, at or above its margin, made from exactly the
+    judges it names (any, when it names none), as ``vlf export trl`` selects them.
+
+    ``created_before`` (a job's request time) pins the set: the pair builder keeps adding pairs, and
+    every attempt of a job (a restart resumes from its checkpoint) and every rank of a distributed
+    run must see the same dataset, or the resumed epoch and the cached reference log-probs no longer
+    line up with it."""
+    judges = sorted(selector.judge_ids)
     chosen = []
     for pair in ledger.iter_facts(ev.Pair, split=selector.split, strategy=selector.strategy):
+        if created_before is not None and pair.created_at > created_before:
+            break  # oldest first: every later one is newer still
         if pair.margin < selector.min_margin:
             continue
-        if judges and not judges.issuperset(pair.judge_ids):
+        if judges and sorted(pair.judge_ids) != judges:
             continue
         chosen.append(pair)
         if selector.max_pairs and len(chosen) >= selector.max_pairs:

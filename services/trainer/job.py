@@ -100,7 +100,7 @@ def train(
     publisher: EventPublisher,
     settings: TrainerSettings,
 ) -> ev.Checkpoint:
-    pairs = select_pairs(ledger, request.dataset)
+    pairs = select_pairs(ledger, request.dataset, created_before=request.requested_at)
     if not pairs:
         raise JobFailed(f"empty dataset: no pairs match {request.dataset.model_dump()}")
     check_model_exists(request.base_model)

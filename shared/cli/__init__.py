@@ -176,13 +176,14 @@ def train(
 ) -> None:
     """Request a DPO run with the paper's hyperparameters (override the common ones here)."""
     import time
+    import uuid
 
     from shared.contracts import events as ev
     from shared.runtime.admin import EventPublisher
 
     hparams = ev.TrainHyperparams(epochs=epochs, max_steps=max_steps, loss_type=loss_type or ["sigmoid"])
     request = ev.TrainRequest(
-        job_id=job_id or f"train-{int(time.time())}",
+        job_id=job_id or f"train-{int(time.time())}-{uuid.uuid4().hex[:6]}",
         base_model=base_model,
         dataset=ev.DatasetSelector(judge_ids=judge or [], strategy=strategy, min_margin=min_margin),
         use_lora=lora,
@@ -205,12 +206,13 @@ def evaluate(
 ) -> None:
     """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1."""
     import time
+    import uuid
 
     from shared.contracts import events as ev
     from shared.runtime.admin import EventPublisher
 
     request = ev.EvalRequest(
-        eval_id=f"eval-{int(time.time())}",
+        eval_id=f"eval-{int(time.time())}-{uuid.uuid4().hex[:6]}",
         model=ev.ModelRef(name=name, base_model=base_model, adapter_uri=adapter, base_url=base_url),
         benchmarks=benchmark,
     )

@@ -163,7 +163,11 @@ class Pair(Event):
 
 
 class DatasetSelector(Contract):
-    judge_ids: list[str] = Field(default_factory=list, description="Empty: pairs from every judge.")
+    judge_ids: list[str] = Field(
+        default_factory=list,
+        description="Pairs made from exactly these judges' ratings (averaged when several); empty: "
+        "pairs from every judge.",
+    )
     strategy: str = "vlfeedback"
     min_margin: float = Field(0.0, ge=0)
     split: Literal["train", "heldout"] = "train"
