@@ -42,6 +42,7 @@ from huggingface_hub import HfApi
 from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from services.trainer.preference_data import TRAINING_FEATURES
 from shared.backends.base import SamplingParams
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
 from shared.blobs.images import ImagePolicy, load_image_source
@@ -84,18 +85,7 @@ VLFEEDBACK_SCHEMA = pa.schema(
     ]
 )
 
-_TEXT_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
-_MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)})
-PREFERENCE_FEATURES = datasets.Features(
-    {
-        "prompt": _MESSAGES,
-        "chosen": _MESSAGES,
-        "rejected": _MESSAGES,
-        "images": datasets.List(datasets.Image()),
-        "pair_id": datasets.Value("string"),
-        "margin": datasets.Value("float64"),
-    }
-)
+PREFERENCE_FEATURES = datasets.Features({**TRAINING_FEATURES, "margin": datasets.Value("float64")})
 
 
 class ImportReport(BaseModel):

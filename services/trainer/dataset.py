@@ -36,12 +36,20 @@ def select_pairs(
 
 
 def pair_records(pairs: list[ev.Pair], blobs: BlobStore) -> list[PairRecord]:
-    """Pairs with their images loaded from the blob store, as the DPO code takes them."""
+    """Pairs with their images loaded from the blob store, as the DPO code takes them. Each image is
+    read once and shared by every pair that shows it (an instruction's answers make up to 6 pairs)."""
+    images: dict[str, bytes] = {}
+
+    def image(uri: str) -> bytes:
+        if uri not in images:
+            images[uri] = blobs.get(uri)
+        return images[uri]
+
     return [
         PairRecord(
             pair_id=p.pair_id,
             prompt=p.prompt,
-            images=[blobs.get(uri) for uri in p.image_uris],
+            images=[image(uri) for uri in p.image_uris],
             chosen=p.chosen.text,
             rejected=p.rejected.text,
         )

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-import io
+from collections.abc import Sequence
+from pathlib import Path
 
+import datasets
 from datasets import Dataset
-from PIL import Image
 from pydantic import BaseModel, ConfigDict
+
+ROW_FORMAT = "vision-preference-v1"  # in the cache key: change it when ``pair_row`` changes
+_TEXT_PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_TEXT_PART)})
+TRAINING_FEATURES = datasets.Features(
+    {
+        "pair_id": datasets.Value("string"),
+        "prompt": MESSAGES,
+        "chosen": MESSAGES,
+        "rejected": MESSAGES,
+        "images": datasets.List(datasets.Image()),
+    }
+)
 
 
 class PairRecord(BaseModel):
@@ -23,19 +37,35 @@ class PairRecord(BaseModel):
 
 
 def pair_row(pair: PairRecord) -> dict:
-    """TRL's conversational vision preference row: image parts lead the user message."""
+    """TRL's conversational vision preference row: image parts lead the user message. Images stay
+    encoded (``datasets.Image`` decodes them to PIL when a row is read)."""
     image_parts = [{"type": "image", "text": None} for _ in pair.images]
     return {
         "pair_id": pair.pair_id,
         "prompt": [{"role": "user", "content": [*image_parts, {"type": "text", "text": pair.prompt}]}],
         "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}],
         "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected}]}],
-        "images": [Image.open(io.BytesIO(data)).convert("RGB") for data in pair.images],
+        "images": [{"bytes": data, "path": None} for data in pair.images],
     }
 
 
-def preference_dataset(pairs: list[PairRecord]) -> Dataset:
-    return Dataset.from_list([pair_row(pair) for pair in pairs])
+def preference_dataset(pairs: Sequence[PairRecord], cache_dir: Path | None = None) -> Dataset:
+    """The pairs as an Arrow file (memory-mapped), written row by row with the images as they are
+    stored. Building it in memory (``from_list``) held every pair's decoded image at once and
+    re-encoded each as PNG: hundreds of GB and hours of CPU at the paper's 380k pairs. In
+    ``cache_dir`` (by default the datasets cache) under the pairs' digest, so a resumed job reuses it."""
+    return Dataset.from_generator(
+        _rows,
+        gen_kwargs={"pairs": pairs},
+        features=TRAINING_FEATURES,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        fingerprint=f"{ROW_FORMAT}-{pairs_digest(pairs)}",
+    )
+
+
+def _rows(pairs: Sequence[PairRecord]):  # noqa: ANN202 - a generator for datasets
+    for pair in pairs:
+        yield pair_row(pair)
 
 
 def pairs_digest(pairs: list[PairRecord]) -> str:

@@ -1,12 +1,18 @@
-"""Which pairs a training job reads from the ledger (real SQLite)."""
+"""Which pairs a training job reads from the ledger (real SQLite), and how they become its dataset."""
 
+import io
 from datetime import UTC, datetime, timedelta
 
+import datasets
 import pytest
+from PIL import Image
 
-from services.trainer.dataset import select_pairs
+from services.trainer.dataset import pair_records, select_pairs
+from services.trainer.preference_data import preference_dataset
+from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.ledger import Ledger
+from tests.integration.pipeline_helpers import png
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -59,3 +65,21 @@ def test_named_judges_select_pairs_made_from_exactly_those_judges(ledger):
     assert ids(judge_ids=["a"]) == ["pair-1", "pair-4"]
     assert ids(judge_ids=["a"], min_margin=0.5) == ["pair-1"]
     assert ids() == ["pair-1", "pair-2", "pair-3", "pair-4"]
+
+
+def test_each_image_is_read_once_and_stored_as_it_was(ledger, tmp_path):
+    """At the paper's scale an instruction's image is shown by up to 6 pairs: one copy in memory,
+    and the dataset keeps its encoded bytes (no decoded copy, no re-encoding)."""
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    red, blue = png("red"), png("blue")
+    uris = [blobs.put(red, suffix=".png"), blobs.put(blue, suffix=".png")]
+    pairs = [_pair(n, ["a"], n).model_copy(update={"image_uris": [uris[n // 2]]}) for n in range(4)]
+    records = pair_records(pairs, blobs)
+    assert records[0].images[0] is records[1].images[0] and records[2].images[0] is records[3].images[0]
+
+    dataset = preference_dataset(records, cache_dir=tmp_path / "cache")
+    stored = dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    assert [row["images"][0]["bytes"] for row in stored] == [red, red, blue, blue]
+    assert dataset[0]["images"][0].size == Image.open(io.BytesIO(red)).size, "decoded when read"
+    again = preference_dataset(records, cache_dir=tmp_path / "cache")
+    assert again.cache_files == dataset.cache_files, "the same pairs reuse their Arrow file"
