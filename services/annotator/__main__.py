@@ -30,6 +30,9 @@ def main() -> None:
     ledger.migrate()
     metrics_registry = CollectorRegistry()
     backend = build_backend(judge, metrics=metrics_registry) if judge.kind == "ai" else None
+    template = PromptTemplate.from_file(judge.prompt_template) if judge.prompt_template else None
+    if template is not None:
+        template.check_mode(judge.mode)
     ctx = AnnotatorContext(
         judge=judge,
         registry=registry,
@@ -38,7 +41,7 @@ def main() -> None:
         blobs=BlobStore(common.blob_url),
         settings=settings,
         metrics=JudgeMetrics(metrics_registry),
-        template=PromptTemplate.from_file(judge.prompt_template) if judge.prompt_template else None,
+        template=template,
     )
     checks = {"ledger": ledger.ping} | ({"backend": backend.check} if backend else {})
     definition = ServiceDefinition(

@@ -18,3 +18,10 @@ class PromptTemplateError(VlfError):
     Raised while loading settings or rendering, so it is a configuration bug: the process should
     stop loudly rather than dead-letter every message.
     """
+
+
+class TemplateAnswerCountError(PermanentError):
+    """A numbered-answer template (``{answer_1}``.. without ``{answers}``) shows another number of
+    answers than this instruction has (fewer arrived before the gather timeout, or more were
+    sampled): the judge would rate slots that are empty or never see some answers. Permanent for
+    this instruction only; the template is fine for the others."""

@@ -6,8 +6,10 @@ those whose key this replica owns (under the same per-instruction lock as the ha
 
 A failure stays with its instruction, as on the handler's path it stays with its message: a
 retryable one (the judge or the ledger away for a while) is tried again next sweep; a permanent one
-(a reply unreadable even after the repair request) and a verifiable judge's skip are given up until
-another answer arrives. The other instructions are rated either way, and the timer goes on.
+(a reply unreadable even after the repair request, a numbered-answer template that does not fit the
+answers that arrived), an unexpected error (logged with its traceback) and a verifiable judge's skip
+are given up until another answer arrives. The other instructions are rated either way. A failure
+of the sweep itself that is not retryable stops the service, as a crashed handler does.
 
 An annotation is published before it is recorded. A crash between the two leaves it unrecorded, so
 the next sweep rates it again (from the judge replies kept in the ledger, at no cost) and publishes
@@ -60,13 +62,7 @@ class GatherSweep:
                 ctx.judge.id, settled_before, ctx.settings.min_answers, after=after, limit=self._page_size
             )
             for instruction_id in filter(self._owns, page):
-                try:
-                    rated += self._rate(instruction_id)
-                except RetryableError as error:
-                    ctx.metrics.sweep_failures.labels(ctx.judge.id, "retryable").inc()
-                    log.warning(
-                        "gather timeout: rating %s failed, retrying next sweep: %s", instruction_id, error
-                    )
+                rated += self._rate(instruction_id)
             if len(page) < self._page_size:
                 return rated
             after = page[-1]
@@ -81,10 +77,20 @@ class GatherSweep:
                 return 0
             try:
                 annotation = rate(responses[0].instruction, responses, ctx)
+            except RetryableError as error:
+                ctx.metrics.sweep_failures.labels(ctx.judge.id, "retryable").inc()
+                log.warning("gather timeout: %s failed, retrying next sweep: %s", instruction_id, error)
+                return 0
             except PermanentError as error:
                 ctx.metrics.sweep_failures.labels(ctx.judge.id, "permanent").inc()
                 log.error(
                     "gather timeout: cannot rate %s, until another answer arrives: %s", instruction_id, error
+                )
+                annotation = None
+            except Exception:  # a bug met on this instruction's data: loud in the log, the others go on
+                ctx.metrics.sweep_failures.labels(ctx.judge.id, "error").inc()
+                log.exception(
+                    "gather timeout: %s given up until another answer (unexpected error)", instruction_id
                 )
                 annotation = None
             if annotation is None:
@@ -97,15 +103,16 @@ class GatherSweep:
 
 def gather_timer(ctx: AnnotatorContext, runtime: KafkaRuntime, stopped: threading.Event) -> None:
     """The annotator's background task: a sweep every interval, of this replica's keys only. A sweep
-    that fails as a whole (say, the ledger's query) is logged and the next one runs as planned."""
+    that meets a retryable failure as a whole (the ledger away) is logged and the next one runs as
+    planned; anything else ends the task, and ``serve`` then stops the service with the error."""
     sweep = GatherSweep(ctx, owns=lambda key: runtime.owns(RESPONSES.name, key), publish=runtime.publish)
     while not stopped.wait(ctx.settings.sweep_interval_s):
         try:
             rated = sweep.run()
-        except Exception:
-            if stopped.is_set() or runtime.stopping:
-                return
-            log.exception("gather timeout: sweep failed; retrying in %.0fs", ctx.settings.sweep_interval_s)
+        except RetryableError as error:
+            log.warning(
+                "gather timeout: sweep failed, retrying in %.0fs: %s", ctx.settings.sweep_interval_s, error
+            )
             continue
         if rated:
             log.info("rated %d instructions after the gather timeout", rated)

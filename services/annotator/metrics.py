@@ -27,8 +27,8 @@ class JudgeMetrics:
         )
         self.sweep_failures = Counter(
             "vlf_judge_sweep_failures",
-            "Gather-timeout ratings that failed, by kind: retryable (tried again next sweep) or permanent "
-            "(given up until another answer arrives).",
+            "Gather-timeout ratings that failed, by kind: retryable (tried again next sweep), permanent or "
+            "error (an unexpected one; both given up until another answer arrives).",
             ["judge", "kind"],
             registry=registry,
         )

@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from services.annotator.errors import PromptTemplateError
+from services.annotator.errors import PromptTemplateError, TemplateAnswerCountError
 from shared.contracts.events import Aspect
 
 ALL_ASPECTS: tuple[Aspect, ...] = tuple(Aspect)
@@ -317,14 +317,29 @@ class PromptTemplate:
             if aspect is None:
                 raise PromptTemplateError(f"template {self.source} uses {{aspect}} but no aspect was given")
             values["aspect"] = aspect.value
-        for name in self.placeholders - _FIXED_PLACEHOLDERS:
-            number = int(name.removeprefix(_ANSWER_PREFIX))
+        numbered = sorted(
+            int(name.removeprefix(_ANSWER_PREFIX)) for name in self.placeholders - _FIXED_PLACEHOLDERS
+        )
+        if "answers" not in self.placeholders and numbered != list(range(1, len(answers) + 1)):
+            raise TemplateAnswerCountError(
+                f"template {self.source} shows answers {numbered} but this instruction has {len(answers)}"
+            )
+        for number in numbered:
             if number > len(answers):
-                raise PromptTemplateError(
-                    f"template {self.source} uses {{{name}}} but only {len(answers)} answers were given"
+                raise TemplateAnswerCountError(
+                    f"template {self.source} uses {{answer_{number}}} but only {len(answers)} answers"
                 )
-            values[name] = answers[number - 1].strip()
+            values[f"{_ANSWER_PREFIX}{number}"] = answers[number - 1].strip()
         return self.text.format(**values)
+
+    def check_mode(self, mode: str) -> None:
+        """A per-aspect judge needs ``{aspect}`` and an all-in-one judge must not have it: checked
+        when the annotator starts, not on every message."""
+        if self.uses_aspect != (mode == "per_aspect"):
+            need = "needs" if mode == "per_aspect" else "must not use"
+            raise PromptTemplateError(
+                f"template {self.source}: a {mode} judge {need} the {{aspect}} placeholder"
+            )
 
 
 def _validated_placeholders(text: str, source: str) -> frozenset[str]:

@@ -45,7 +45,8 @@ def ctx(tmp_path):
 class ScriptedJudge:
     """A judge backend for one handler's unit test: replies by the test judge's rule (see
     ``judge_responder``: GARBAGE-ALWAYS in a prompt never gets a readable reply); a prompt holding
-    an entry of ``outages`` fails that many times first, as a judge that is away."""
+    an entry of ``outages`` fails that many times first, as a judge that is away; BUG in a prompt
+    raises what no backend should (a bug met on one instruction's data)."""
 
     def __init__(self, outages: dict[str, int] | None = None) -> None:
         self.outages = dict(outages or {})
@@ -56,6 +57,8 @@ class ScriptedJudge:
         for request in requests:
             prompt = request.messages[0].text
             self.prompts.append(prompt)
+            if "BUG" in prompt:
+                raise ZeroDivisionError("a bug")
             for marker, left in self.outages.items():
                 if marker in prompt and left > 0:
                     self.outages[marker] = left - 1
@@ -131,11 +134,11 @@ def test_a_failed_publish_leaves_the_rating_to_the_next_sweep(ctx):
 
 
 def test_instructions_that_cannot_be_rated_neither_stop_nor_starve_the_sweep(tmp_path):
-    """More never-ratable instructions than a page, a judge that is away, a reply that never reads:
-    each stays with its own instruction, and every ratable one is rated."""
+    """More never-ratable instructions than a page, a judge that is away, a reply that never reads,
+    a bug: each stays with its own instruction, and every ratable one is rated."""
     judge = ScriptedJudge(outages={"FLAKY": 1})
     ctx = _context(tmp_path, {"id": "j", "model": "judge", "base_url": "http://judge.invalid/v1"}, judge)
-    prompts = [f"GARBAGE-ALWAYS {n}" for n in range(5)] + ["FLAKY", "plain"]
+    prompts = [f"GARBAGE-ALWAYS {n}" for n in range(5)] + ["BUG", "FLAKY", "plain"]
     for n, prompt in enumerate(prompts):
         inst = ev.Instruction(instruction_id=f"inst-gather-{n}", prompt=prompt, models=["a", "b", "c"])
         for model in ("a", "b"):
@@ -149,6 +152,7 @@ def test_instructions_that_cannot_be_rated_neither_stop_nor_starve_the_sweep(tmp
     failures = ctx.metrics.sweep_failures
     assert failures.labels("j", "permanent")._value.get() == 5
     assert failures.labels("j", "retryable")._value.get() == 1
+    assert failures.labels("j", "error")._value.get() == 1
     assert sweep.run(now=later) == 1, "FLAKY's judge is back"
     assert sorted(a.instruction.prompt for a in published) == ["FLAKY", "plain"]
     calls = len(judge.prompts)

@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from services.annotator.errors import PromptTemplateError
+from services.annotator.errors import PromptTemplateError, TemplateAnswerCountError
 from services.annotator.parsing import parse_json_ratings, parse_markdown_ratings
 from services.annotator.rubric import (
     ALL_ASPECTS,
@@ -165,8 +165,23 @@ def test_template_with_numbered_answers_like_the_released_one() -> None:
     assert (
         template.render("Q?", ["first", "second"]) == "Instruction: Q?\n- <text 1> first\n- <text 2> second\n"
     )
-    with pytest.raises(PromptTemplateError, match=r"uses \{answer_2\} but only 1 answers were given"):
-        template.render("Q?", ["only one"])
+    with pytest.raises(TemplateAnswerCountError, match=r"shows answers \[1, 2\] but this instruction has 1"):
+        template.render("Q?", ["only one"])  # the gather timeout rated what arrived
+    with pytest.raises(TemplateAnswerCountError, match=r"shows answers \[1, 2\] but this instruction has 3"):
+        template.render("Q?", ["one", "two", "three"])  # the judge would never see the third
+    with_all = PromptTemplate.from_text("{instruction}\nFirst: {answer_1}\nAll: {answers}")
+    assert with_all.render("Q?", ["a", "b", "c"]).startswith("Q?\nFirst: a\nAll: [Answer 1]")
+    with pytest.raises(TemplateAnswerCountError, match=r"uses \{answer_1\} but only 0 answers"):
+        with_all.render("Q?", [])
+
+
+def test_a_template_must_fit_the_judge_mode() -> None:
+    per_aspect = PromptTemplate.from_text("{instruction} {answers} {aspect}")
+    per_aspect.check_mode("per_aspect")
+    with pytest.raises(PromptTemplateError, match="all_in_one judge must not use the {aspect}"):
+        per_aspect.check_mode("all_in_one")
+    with pytest.raises(PromptTemplateError, match="per_aspect judge needs the {aspect}"):
+        PromptTemplate.from_text("{instruction} {answers}").check_mode("per_aspect")
 
 
 def test_missing_reference_renders_empty_and_missing_aspect_is_an_error() -> None:
