@@ -57,18 +57,19 @@ def preference_accuracy(
         return AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).to(device)
 
     base = load(policy_path)
+    policy = base
     with fused_log_probs(base):  # patched before PEFT wraps it, as TRL requires
-        if adapter_path is None:
-            policy_logps = scores(base)
-        else:
+        if adapter_path is not None:
             from peft import PeftModel
 
             policy = PeftModel.from_pretrained(base, str(adapter_path))
-            policy_logps = scores(policy)
-            if Path(reference_path) == Path(policy_path):
-                with policy.disable_adapter():
-                    return implicit_reward_accuracy(policy_logps, scores(policy), beta)
-    del base
+        policy_logps = scores(policy)
+        if adapter_path is not None and Path(reference_path) == Path(policy_path):
+            with policy.disable_adapter():
+                return implicit_reward_accuracy(policy_logps, scores(policy), beta)
+    del base, policy  # both hold the policy's weights: free them before the reference loads
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     reference = load(reference_path)
     with fused_log_probs(reference):
         return implicit_reward_accuracy(policy_logps, scores(reference), beta)

@@ -1,8 +1,10 @@
 """DPO on the tiny VLMs: adapters and full models come out loadable, runs resume, and the precomputed
 reference log-probs train exactly like TRL's on-the-fly reference."""
 
+import gc
 import io
 import math
+import weakref
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from services.trainer import implicit_reward
 from services.trainer.dpo import DpoJobConfig, PairRecord, ProgressUpdate, train, with_reference_logps
 from services.trainer.implicit_reward import preference_accuracy
 from services.trainer.preference_data import preference_dataset
@@ -174,3 +177,28 @@ def test_preference_accuracy_rises_on_the_pairs_the_adapter_was_trained_on(tiny_
 
     assert untrained == 0.0  # policy == reference: every pair is a tie
     assert trained >= 0.75
+
+
+def test_the_policy_is_freed_before_a_separate_reference_loads(tiny_models, tmp_path, monkeypatch):
+    """With an adapter and a reference of its own, the policy's weights (held by the base model and
+    by the PEFT wrapper) must be gone when the reference loads: two 7B models do not fit one GPU."""
+    path = tiny_models["qwen2_vl"]
+    pairs = colour_pairs(4)
+    outcome = train(pairs, quick_config(path), tmp_path / "run")
+    reference = build_tiny_vlm("qwen2_vl", tmp_path / "reference")  # the same weights, another path
+    loaded: list[weakref.ref] = []
+    alive_at_each_load: list[int] = []
+
+    class CountingLoader:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            gc.collect()
+            alive_at_each_load.append(sum(model() is not None for model in loaded))
+            model = AutoModelForImageTextToText.from_pretrained(*args, **kwargs)
+            loaded.append(weakref.ref(model))
+            return model
+
+    monkeypatch.setattr(implicit_reward, "AutoModelForImageTextToText", CountingLoader)
+    accuracy = preference_accuracy(path, outcome.artifact_dir, reference, pairs, beta=0.1)
+    assert alive_at_each_load == [0, 0]
+    assert 0.0 <= accuracy <= 1.0
