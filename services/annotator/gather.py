@@ -37,7 +37,7 @@ PAGE_SIZE = 500
 
 class GatherSweep:
     """One replica's sweeps. It remembers the instructions it gave up on, with how many answers they
-    had, so later sweeps neither pay for nor count them again until another answer arrives."""
+    had, so later sweeps neither read, pay for nor count them again until another answer arrives."""
 
     def __init__(
         self,
@@ -61,11 +61,12 @@ class GatherSweep:
             page = ctx.ledger.unrated_instructions(
                 ctx.judge.id, settled_before, ctx.settings.min_answers, after=after, limit=self._page_size
             )
-            for instruction_id in filter(self._owns, page):
-                rated += self._rate(instruction_id)
+            for instruction_id, answers in page:
+                if self._given_up.get(instruction_id) != answers and self._owns(instruction_id):
+                    rated += self._rate(instruction_id)
             if len(page) < self._page_size:
                 return rated
-            after = page[-1]
+            after = page[-1][0]
 
     def _rate(self, instruction_id: str) -> int:
         ctx = self._ctx
@@ -73,8 +74,6 @@ class GatherSweep:
             if existing_annotation(instruction_id, ctx) is not None:
                 return 0  # rated meanwhile by the handler
             responses = ctx.ledger.responses_for(instruction_id)
-            if self._given_up.get(instruction_id) == len(responses):
-                return 0
             try:
                 annotation = rate(responses[0].instruction, responses, ctx)
             except RetryableError as error:

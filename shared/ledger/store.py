@@ -257,13 +257,14 @@ class Ledger:
         min_answers: int = 1,
         after: str | None = None,
         limit: int = 500,
-    ) -> list[str]:
-        """Instructions with at least ``min_answers`` answers but no rating by ``judge_id`` whose newest
-        answer is older than ``settled_before`` (the annotator's gather timeout), in id order from
-        after ``after``: a page of at most ``limit``, so a sweep pages through all of them."""
+    ) -> list[tuple[str, int]]:
+        """(instruction id, answers) of instructions with at least ``min_answers`` answers but no
+        rating by ``judge_id`` whose newest answer is older than ``settled_before`` (the annotator's
+        gather timeout), in id order from after ``after``: a page of at most ``limit``, so a sweep
+        pages through all of them."""
         rated = select(t.AnnotationRow.instruction_id).where(t.AnnotationRow.judge_id == judge_id)
         query = (
-            select(t.ResponseRow.instruction_id)
+            select(t.ResponseRow.instruction_id, func.count())
             .where(t.ResponseRow.instruction_id.not_in(rated))
             .group_by(t.ResponseRow.instruction_id)
             .having(func.max(t.ResponseRow.created_at) < settled_before)
@@ -274,7 +275,7 @@ class Ledger:
         if after is not None:
             query = query.where(t.ResponseRow.instruction_id > after)
         with self._session() as s:
-            return list(s.scalars(query).all())
+            return [(instruction_id, answers) for instruction_id, answers in s.execute(query)]
 
     # --- paid judge replies ---------------------------------------------------------------------
 
