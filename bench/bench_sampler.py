@@ -17,7 +17,9 @@ The extra time is the sampler's event loop being late to send a request and to r
 "peak" is the most calls the test server ever held at once (``/_stats``): the ideal's C, never more.
 
 ``--runs 64x2`` splits the concurrency of 64 over two sampler processes in one consumer group (how
-a deployment scales a model past one core: more replicas, one partition each at most).
+a deployment scales a model past one core: more replicas, one partition each at most). Its last 10%
+runs slower: the benchmark's 6,400 keys hash 3,258 / 3,142 onto the two replicas' partitions (0-2,
+3-5 of 6), so one replica runs out of work about 0.7 s (116 answers at 32 calls) before the other.
 
 One run at 64 varies by +-0.04 of ideal on this VM (two identical runs, back to back); ``--repeat``
 runs every spec several times, interleaved, and prints each one's median and range.
