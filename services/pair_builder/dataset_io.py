@@ -42,7 +42,7 @@ from huggingface_hub import HfApi
 from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from services.trainer.preference_data import TRAINING_FEATURES
+from services.trainer.preference_data import TRAINING_FEATURES, preference_row
 from shared.backends.base import SamplingParams
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
 from shared.blobs.images import ImagePolicy, load_image_source
@@ -406,19 +406,6 @@ def _write_parquet(records: Iterable[dict[str, Any]], out_path: Path, batch_rows
 # --- TRL preference export ------------------------------------------------------------------------
 
 
-def preference_row(pair: ev.Pair, images: list[bytes]) -> dict[str, Any]:
-    """TRL's conversational preference example with images (DPOTrainer's vision path)."""
-    user_content = [{"type": "image", "text": None} for _ in images] + [{"type": "text", "text": pair.prompt}]
-    return {
-        "prompt": [{"role": "user", "content": user_content}],
-        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen.text}]}],
-        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected.text}]}],
-        "images": [{"bytes": image, "path": None} for image in images],
-        "pair_id": pair.pair_id,
-        "margin": pair.margin,
-    }
-
-
 def export_preference_dataset(
     ledger: Ledger,
     blobs: BlobStore,
@@ -442,7 +429,10 @@ def export_preference_dataset(
                 continue
             if pair.image_uris != cached_uris:  # an instruction's pairs come together: read its images once
                 cached_uris, cached_images = pair.image_uris, [blobs.get(uri) for uri in pair.image_uris]
-            yield preference_row(pair, cached_images)
+            row = preference_row(
+                pair.pair_id, pair.prompt, cached_images, pair.chosen.text, pair.rejected.text
+            )
+            yield {**row, "margin": pair.margin}
 
     with tempfile.TemporaryDirectory() as cache:
         dataset = datasets.Dataset.from_generator(

@@ -222,9 +222,9 @@ def dpo_args(config: DpoJobConfig, output_dir: Path) -> DPOConfig:
     )
 
 
-def reference_cache_file(config: DpoJobConfig, pairs: list[PairRecord], cache_dir: Path) -> Path:
+def reference_cache_file(config: DpoJobConfig, digest: str, cache_dir: Path) -> Path:
     """Keyed by (base model, data hash, max_length): what the reference log-probs depend on."""
-    key = json.dumps([config.base_model, pairs_digest(pairs), config.max_length, use_bf16(config)])
+    key = json.dumps([config.base_model, digest, config.max_length, use_bf16(config)])
     return cache_dir / f"ref_logps-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
@@ -274,7 +274,8 @@ def build_trainer(
     """The configured trainer, reference log-probs attached when ``precompute_ref_logps`` is on."""
     processor = AutoProcessor.from_pretrained(config.base_model)
     model = load_policy(config)
-    dataset = preference_dataset(pairs)
+    digest = pairs_digest(pairs)  # one pass over every image's bytes, for the dataset and the cache key
+    dataset = preference_dataset(pairs, digest=digest)
     common = {
         "model": model,
         "args": args,
@@ -284,7 +285,7 @@ def build_trainer(
     }
     if not config.precompute_ref_logps:
         return DPOTrainer(train_dataset=dataset, **common)
-    cache_file = reference_cache_file(config, pairs, cache_dir or Path(args.output_dir))
+    cache_file = reference_cache_file(config, digest, cache_dir or Path(args.output_dir))
     dataset = with_reference_logps(dataset, model, processor, config, cache_file, args.device)
     collator = VisionPreferenceWithRefCollator(processor=processor, max_length=config.max_length)
     return PrecomputedRefDPOTrainer(train_dataset=dataset, data_collator=collator, **common)

@@ -36,30 +36,38 @@ class PairRecord(BaseModel):
     rejected: str
 
 
-def pair_row(pair: PairRecord) -> dict:
+def preference_row(pair_id: str, prompt: str, images: list[bytes], chosen: str, rejected: str) -> dict:
     """TRL's conversational vision preference row: image parts lead the user message. Images stay
-    encoded (``datasets.Image`` decodes them to PIL when a row is read)."""
-    image_parts = [{"type": "image", "text": None} for _ in pair.images]
+    encoded (``datasets.Image`` decodes them to PIL when a row is read). The trainer's rows and
+    ``vlf export trl``'s are both made here."""
+    image_parts = [{"type": "image", "text": None} for _ in images]
     return {
-        "pair_id": pair.pair_id,
-        "prompt": [{"role": "user", "content": [*image_parts, {"type": "text", "text": pair.prompt}]}],
-        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair.chosen}]}],
-        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair.rejected}]}],
-        "images": [{"bytes": data, "path": None} for data in pair.images],
+        "pair_id": pair_id,
+        "prompt": [{"role": "user", "content": [*image_parts, {"type": "text", "text": prompt}]}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
+        "images": [{"bytes": data, "path": None} for data in images],
     }
 
 
-def preference_dataset(pairs: Sequence[PairRecord], cache_dir: Path | None = None) -> Dataset:
+def pair_row(pair: PairRecord) -> dict:
+    return preference_row(pair.pair_id, pair.prompt, pair.images, pair.chosen, pair.rejected)
+
+
+def preference_dataset(
+    pairs: Sequence[PairRecord], cache_dir: Path | None = None, digest: str | None = None
+) -> Dataset:
     """The pairs as an Arrow file (memory-mapped), written row by row with the images as they are
     stored. Building it in memory (``from_list``) held every pair's decoded image at once and
     re-encoded each as PNG: hundreds of GB and hours of CPU at the paper's 380k pairs. In
-    ``cache_dir`` (by default the datasets cache) under the pairs' digest, so a resumed job reuses it."""
+    ``cache_dir`` (by default the datasets cache) under the pairs' digest (``pairs_digest``, computed
+    here unless given), so a resumed job reuses it."""
     return Dataset.from_generator(
         _rows,
         gen_kwargs={"pairs": pairs},
         features=TRAINING_FEATURES,
         cache_dir=str(cache_dir) if cache_dir else None,
-        fingerprint=f"{ROW_FORMAT}-{pairs_digest(pairs)}",
+        fingerprint=f"{ROW_FORMAT}-{digest or pairs_digest(pairs)}",
     )
 
 

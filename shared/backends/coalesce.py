@@ -11,6 +11,7 @@ in ``vlf_backend_requests_total``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol
 
@@ -59,7 +60,7 @@ class CoalescedCalls:
         self._from_tasks.close()
 
 
-class CoalescingBackend:
+class CoalescingBackend(ABC):
     """Base of the in-process backends: ``generate`` and ``agenerate`` batched with the calls made
     meanwhile. A subclass calls ``__init__`` with a thread name once ready to generate, implements
     ``_generate`` and closes ``_calls`` when it closes."""
@@ -75,7 +76,8 @@ class CoalescingBackend:
         """Batched with the calls made meanwhile, in a thread: generation never holds the event loop."""
         return await self._calls.agenerate(requests)
 
+    @abstractmethod
     def _generate(
         self, requests: list[GenerationRequest], *, count_failures: bool = True
     ) -> list[GenerationResult]:
-        raise NotImplementedError
+        """One model batch; ``count_failures=False`` when a failure will be retried call by call."""
