@@ -34,6 +34,7 @@ from transformers import (
     TrainerCallback,
 )
 from trl import DPOConfig, DPOTrainer
+from trl.trainer.utils import disable_dropout_in_model
 
 from services.trainer.logps import completion_logps, fused_log_probs
 from services.trainer.preference_data import PairRecord, pairs_digest, preference_dataset
@@ -114,7 +115,7 @@ class ProgressUpdate(BaseModel):
     eta_s: float
 
 
-ArtifactKind = Literal["adapter", "merged"]
+ArtifactKind = Literal["adapter", "merged", "full"]
 
 
 class TrainOutcome(BaseModel):
@@ -171,6 +172,9 @@ def load_policy(config: DpoJobConfig) -> PreTrainedModel:
     dtype = torch.bfloat16 if use_bf16(config) and config.use_lora else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(config.base_model, dtype=dtype)
     freeze_vision_tower(model)
+    # The base model's dropout off, as DPO wants (TRL's ``disable_dropout``, which ``dpo_args`` turns
+    # off): done here, before PEFT wraps the model, so the adapter's own ``lora_dropout`` stays on.
+    disable_dropout_in_model(model)
     return model
 
 
@@ -209,6 +213,7 @@ def dpo_args(config: DpoJobConfig, output_dir: Path) -> DPOConfig:
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_length,
+        disable_dropout=False,  # ``load_policy`` does it for the base model only (see there)
         bf16=use_bf16(config),
         gradient_checkpointing=config.gradient_checkpointing,
         seed=config.seed,
@@ -300,7 +305,7 @@ def save_artifact(trainer: DPOTrainer, config: DpoJobConfig, artifact_dir: Path)
         kind: ArtifactKind = "merged"
     else:
         trainer.save_model(str(artifact_dir))
-        kind = "adapter" if config.use_lora else "merged"
+        kind = "adapter" if config.use_lora else "full"
     if main_process:
         trainer.processing_class.save_pretrained(artifact_dir)
     return kind

@@ -188,7 +188,7 @@ class TrainHyperparams(Contract):
     loss_weights: list[float] | None = None
     learning_rate: float = Field(1e-5, gt=0)
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # the job's bound: 1.0 would be one warm-up step
     weight_decay: float = Field(0.05, ge=0)
     adam_beta2: float = Field(0.98, gt=0, lt=1)
     epochs: float = Field(3.0, gt=0)

@@ -126,7 +126,11 @@ def test_requests_become_checkpoints_that_reload_and_generate(
         failures = pipeline.stop_all()
     assert not failures, failures
     checkpoints = {c.job_id: c for c in ledger.iter_facts(ev.Checkpoint)}
-    assert {c.kind for c in checkpoints.values()} == {"adapter", "merged"}
+    assert {j: c.kind for j, c in checkpoints.items()} == {
+        "qwen-lora": "adapter",
+        "llava-lora": "adapter",
+        "qwen-full": "full",
+    }
     for checkpoint in checkpoints.values():
         assert checkpoint.metrics["steps"] == 2
         assert isinstance(_generates(checkpoint), str)

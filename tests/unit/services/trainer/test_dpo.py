@@ -10,14 +10,26 @@ import pytest
 import torch
 from peft import PeftModel
 from PIL import Image
+from pydantic import ValidationError
 from transformers import AutoModelForImageTextToText
 
 from services.trainer import implicit_reward
-from services.trainer.dpo import DpoJobConfig, PairRecord, ProgressUpdate, train, with_reference_logps
+from services.trainer.dpo import (
+    DpoJobConfig,
+    PairRecord,
+    ProgressUpdate,
+    build_trainer,
+    dpo_args,
+    train,
+    with_reference_logps,
+)
 from services.trainer.implicit_reward import preference_accuracy
+from services.trainer.job import dpo_config
 from services.trainer.preference_data import preference_dataset
+from services.trainer.settings import TrainerSettings
 from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
 from shared.backends.transformers_local import TransformersBackend
+from shared.contracts import events as ev
 from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.slow
@@ -99,7 +111,7 @@ def test_full_finetune_trains_the_language_model_and_leaves_the_vision_tower(tin
     after = AutoModelForImageTextToText.from_pretrained(outcome.artifact_dir).state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
 
-    assert outcome.kind == "merged"
+    assert outcome.kind == "full"
     assert any("language_model" in name for name in changed)
     assert not any(".visual." in name for name in changed)
 
@@ -118,9 +130,19 @@ def test_a_second_call_resumes_from_the_last_checkpoint(tiny_models, tmp_path):
     assert outcome.steps == 4
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_the_adapters_dropout_is_the_configured_lora_dropout(family, tiny_models, tmp_path):
+    """TRL's ``disable_dropout`` used to zero it with the base model's: ``lora_dropout`` had no effect."""
+    config = quick_config(tiny_models[family], lora_dropout=0.3, precompute_ref_logps=False)
+    trainer = build_trainer(colour_pairs(2), config, dpo_args(config, tmp_path / "run"))
+
+    lora = [m.p for name, m in trainer.model.named_modules() if ".lora_dropout." in name]
+    assert lora and set(lora) == {0.3}
+
+
 def test_precomputed_reference_trains_like_trls_on_the_fly_reference(tiny_models, tmp_path):
-    """Same data, seed and steps, dropout off (TRL's default): loss and rewards agree within 1e-3."""
-    config = quick_config(tiny_models["qwen2_vl"], max_steps=3, save_steps=100)
+    """Same data, seed and steps, dropout off: loss and rewards agree within 1e-3."""
+    config = quick_config(tiny_models["qwen2_vl"], max_steps=3, save_steps=100, lora_dropout=0.0)
     runs: dict[bool, list[ProgressUpdate]] = {True: [], False: []}
     outcomes = {
         precompute: train(
@@ -202,3 +224,12 @@ def test_the_policy_is_freed_before_a_separate_reference_loads(tiny_models, tmp_
     accuracy = preference_accuracy(path, outcome.artifact_dir, reference, pairs, beta=0.1)
     assert alive_at_each_load == [0, 0]
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_every_warmup_ratio_the_contract_accepts_is_one_the_job_accepts(tmp_path):
+    with pytest.raises(ValidationError):
+        ev.TrainHyperparams(warmup_ratio=1.0)  # the job refuses it: transformers would read one step
+    for ratio in (0.0, 0.1, 0.999):
+        request = ev.TrainRequest(job_id="j", base_model="m", hparams=ev.TrainHyperparams(warmup_ratio=ratio))
+        args = dpo_args(dpo_config(request, TrainerSettings()), tmp_path)
+        assert args.warmup_steps == ratio
