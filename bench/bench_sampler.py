@@ -24,6 +24,11 @@ runs slower: the benchmark's 6,400 keys hash 3,258 / 3,142 onto the two replicas
 One run at 64 varies by +-0.04 of ideal on this VM (two identical runs, back to back); ``--repeat``
 runs every spec several times, interleaved, and prints each one's median and range.
 
+The 64x1 figure depends on the CPU, because one sampler process nears a core at 320 answers/s. The
+same code, ``--repeat 3``: on a 2-core KVM "AMD EPYC" VM (2026-11-27), 1.65-2.16 ms of sampler CPU per
+answer and 0.96 of ideal end to end (0.97 sustained); on the 2-core VMs of earlier sessions, 3.1 ms
+and 0.86 (0.88), the loop then being late by 20-30 ms per call.
+
 Run: ``python bench/bench_sampler.py [--latency 0.2] [--waves 100] [--runs 1x1,16x1,64x1,64x2] [--repeat 5]``
 """
 
