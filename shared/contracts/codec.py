@@ -25,8 +25,10 @@ def decode(spec: TopicSpec, data: bytes | None) -> Event:
         raise ContractError(f"payload of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     try:
         raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ContractError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ContractError("invalid JSON: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ContractError(f"payload must be a JSON object, got {type(raw).__name__}")
     expected = spec.model.model_fields["schema_version"].default

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from kafka.consumer.fetcher import ConsumerRecord
+
 HEADER_PREFIX = "vlf.dlq."
 
 
-def dlq_headers(
-    original_headers: list[tuple[str, bytes]],
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    service: str,
-    error: BaseException,
-    attempts: int,
-) -> list[tuple[str, bytes]]:
-    """Original headers (minus any earlier DLQ headers) followed by this failure's details."""
-    kept = [(k, v) for k, v in original_headers if not k.startswith(HEADER_PREFIX)]
+@dataclass(frozen=True)
+class Letter:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(record: ConsumerRecord, *, service: str, error: BaseException, attempts: int) -> Letter:
+    """``record``'s key, value and headers (minus any earlier DLQ headers), followed by this failure's
+    details. Other clients can write what kafka-python's producer refuses to send (a record with
+    neither key nor value, a header without a value): those become empty bytes, so every record the
+    broker holds can be dead-lettered instead of stopping the service on each redelivery."""
+    kept = [(k, v or b"") for k, v in record.headers or [] if not k.startswith(HEADER_PREFIX)]
     details = {
-        "source.topic": topic,
-        "source.partition": str(partition),
-        "source.offset": str(offset),
+        "source.topic": record.topic,
+        "source.partition": str(record.partition),
+        "source.offset": str(record.offset),
         "service": service,
         "error.class": type(error).__name__,
         "error.message": str(error)[:4000],
         "attempts": str(attempts),
     }
-    return kept + [(HEADER_PREFIX + k, v.encode()) for k, v in details.items()]
+    value = b"" if record.key is None and record.value is None else record.value
+    return Letter(record.key, value, kept + [(HEADER_PREFIX + k, v.encode()) for k, v in details.items()])
 
 
 def read_dlq_headers(headers: list[tuple[str, bytes]]) -> dict[str, str]:

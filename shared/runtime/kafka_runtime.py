@@ -38,7 +38,7 @@ from shared.contracts.events import Event
 from shared.contracts.topics import TopicSpec, topic
 from shared.errors import PermanentError, RetryableError
 from shared.runtime.admin import ensure_topics
-from shared.runtime.dlq import dlq_headers
+from shared.runtime.dlq import dead_letter
 from shared.runtime.event_loop import LoopThread
 from shared.runtime.lanes import AsyncLanePool, LanePool
 from shared.runtime.metrics import RuntimeMetrics
@@ -568,18 +568,10 @@ class KafkaRuntime:
         return sends
 
     def _dead_letter(self, record, error: BaseException, attempts: int) -> None:  # noqa: ANN001
-        headers = dlq_headers(
-            list(record.headers or []),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            service=self.definition.group_id,
-            error=error,
-            attempts=attempts,
-        )
+        letter = dead_letter(record, service=self.definition.group_id, error=error, attempts=attempts)
         log.warning("dead-lettered %s[%s]@%s: %s", record.topic, record.partition, record.offset, error)
         dlq = self._ns + topic(record.topic.removeprefix(self._ns)).dlq
-        self._send_acknowledged([(dlq, record.key, record.value, headers)])
+        self._send_acknowledged([(dlq, letter.key, letter.value, letter.headers)])
         self.metrics.dead_lettered.labels(self.definition.name, record.topic).inc()
 
     def _send_acknowledged(self, sends: list[_Send]) -> None:

@@ -8,13 +8,15 @@ import subprocess
 
 import httpx
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import encode
-from shared.runtime.dlq import read_dlq_headers
+from shared.errors import ContractError
+from shared.runtime.dlq import dead_letter, read_dlq_headers
 from tests import factories
 from tests.integration.kafka_helpers import (
     consume_all,
@@ -105,6 +107,7 @@ def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
         (key, encode(good[2])),
         (key, json.dumps(missing_field).encode()),
         (key, encode(good[3])),
+        (key, b"[" * 100_000 + b"]" * 100_000),  # json.loads raises RecursionError, not a JSON error
     ]
     produce(kafka_bootstrap, name, messages, headers=[("trace-id", b"abc")])
     env = service_env(
@@ -118,19 +121,45 @@ def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
     process = start_process(RECORDER, env, tmp_path / "log")
     try:
         wait_until(lambda: ledger.count(ev.Instruction) == 4, 60, "the valid messages")
-        dead = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=3)
+        dead = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=4)
     finally:
         assert _stop(process) == 0, (tmp_path / "log").read_text()
-    assert len(dead) == 3
+    assert len(dead) == 4
     reasons = [read_dlq_headers(r.headers) for r in dead]
-    assert [r["error.class"] for r in reasons] == ["ContractError"] * 3
+    assert [r["error.class"] for r in reasons] == ["ContractError"] * 4
     assert "invalid JSON" in reasons[0]["error.message"]
     assert "unknown schema_version 42" in reasons[1]["error.message"]
     assert "prompt: Field required" in reasons[2]["error.message"]
-    assert [int(r["source.offset"]) for r in reasons] == [1, 3, 5]
+    assert "nested too deeply" in reasons[3]["error.message"]
+    assert [int(r["source.offset"]) for r in reasons] == [1, 3, 5, 7]
     assert all(r["source.topic"] == name and r["service"] == "vlf-recorder" for r in reasons)
-    assert [d.value for d in dead] == [messages[1][1], messages[3][1], messages[5][1]]
+    assert [d.value for d in dead] == [messages[1][1], messages[3][1], messages[5][1], messages[7][1]]
     assert all(("trace-id", b"abc") in d.headers for d in dead)
+
+
+def test_records_other_clients_write_make_letters_the_broker_takes(kafka_bootstrap, namespace):
+    """kafka-python refuses to send a record with neither key nor value, or a header without a value;
+    a Java client or kcat can write both, and their dead letters used to stop the service instead."""
+    name = namespace + "letters"
+    create_topics(kafka_bootstrap, [name], partitions=1)
+    record = ConsumerRecord(
+        topic=namespace + topics.INSTRUCTIONS.name, partition=0, leader_epoch=-1, offset=7, timestamp=0,
+        timestamp_type=0, key=None, value=None, headers=[("trace-id", None)], checksum=None,
+        serialized_key_size=-1, serialized_value_size=-1, serialized_header_size=-1,
+    )  # fmt: skip
+    letter = dead_letter(record, service="vlf-test", error=ContractError("empty message"), attempts=1)
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        producer.send(name, key=letter.key, value=letter.value, headers=letter.headers).get(timeout=30)
+    finally:
+        producer.close()
+
+    [stored] = consume_all(kafka_bootstrap, name, expect=1)
+    assert stored.key is None and stored.value == b""
+    assert ("trace-id", b"") in stored.headers
+    assert read_dlq_headers(stored.headers)["error.message"] == "empty message"
+    assert read_dlq_headers(stored.headers)["source.offset"] == "7"
 
 
 def test_sigkill_between_ledger_write_and_commit_loses_and_duplicates_nothing(

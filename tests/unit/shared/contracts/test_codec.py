@@ -38,6 +38,7 @@ def test_round_trip_keeps_every_field():
             "extra: Extra inputs are not permitted",
         ),
         (None, "tombstone"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b"{" + b" " * MAX_MESSAGE_BYTES + b"}", "exceeds"),
     ],
 )
