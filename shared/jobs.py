@@ -122,5 +122,7 @@ class JobSupervisor:
             busy += 1
 
     def _fail(self, job_id: str, reason: str) -> None:
-        self.ledger.update_job(job_id, status="failed", error=reason)
+        """``on_failed`` (publish the failure) before the job leaves ``ACTIVE``: if it raises (broker
+        away, producer not started yet), the next round tries again instead of never."""
         self.on_failed(job_id, reason)
+        self.ledger.update_job(job_id, status="failed", error=reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from services.evaluator.settings import KNOWN_BENCHMARKS, EvaluatorSettings
 from shared.contracts import events as ev
@@ -37,8 +38,11 @@ class EvaluatorContext:
 
 
 def local_path(uri: str) -> Path:
-    """A ``file://`` URI or a plain path as a local path."""
-    return Path(uri.removeprefix(FILE_SCHEME))
+    """A ``file://`` URI (percent-encoded, as the trainer's ``Path.as_uri()`` writes it) or a plain
+    path as a local path."""
+    if uri.startswith(FILE_SCHEME):
+        return Path(unquote(urlsplit(uri).path))
+    return Path(uri)
 
 
 def require_local(uri: str, what: str) -> Path:

@@ -61,6 +61,31 @@ def test_a_job_that_ends_without_a_result_is_started_again_then_given_up(ledger:
     assert failures == [("j1", job.error)]
 
 
+def test_a_failure_that_could_not_be_published_is_published_in_a_later_round(ledger: Ledger) -> None:
+    published: list[str] = []
+
+    def publish_once_the_broker_is_back(job_id: str, reason: str) -> None:
+        published.append(job_id)
+        if len(published) == 1:
+            raise ConnectionError("broker away")
+
+    launcher = ScriptedLauncher()
+    supervisor = JobSupervisor(
+        ledger, "eval", launcher, max_attempts=1, on_failed=publish_once_the_broker_is_back
+    )
+    ledger.create_job("j1", "eval", {})
+    supervisor.tick()
+    launcher.alive.clear()  # its only attempt ended without a result
+
+    with pytest.raises(ConnectionError):
+        supervisor.tick()
+    assert ledger.job("j1").status == "queued"  # still active: the next round retries
+    supervisor.tick()
+    assert ledger.job("j1").status == "failed"
+    supervisor.tick()
+    assert published == ["j1", "j1"]
+
+
 def test_finished_jobs_are_left_alone_and_parallelism_is_capped(ledger: Ledger) -> None:
     launcher = ScriptedLauncher()
     supervisor = JobSupervisor(ledger, "train", launcher, max_parallel=1)

@@ -65,11 +65,12 @@ def test_an_adapter_checkpoint_queues_the_tuned_model_on_its_base_and_the_base_m
     assert {job.id for job in jobs} == {tuned.eval_id, base.eval_id}
 
 
-def test_a_merged_checkpoint_given_as_file_uri_is_the_model_itself(ctx, tmp_path):
-    merged = tmp_path / "merged"
-    merged.mkdir()
+@pytest.mark.parametrize("kind", ["merged", "full"])
+def test_a_whole_model_checkpoint_given_as_file_uri_is_the_model_itself(kind, ctx, tmp_path):
+    merged = tmp_path / "my runs" / "jöb-1"  # percent-encoded in the URI, as the trainer writes it
+    merged.mkdir(parents=True)
 
-    handle_checkpoint(checkpoint(f"file://{merged}", kind="merged"), ctx)
+    handle_checkpoint(checkpoint(merged.as_uri(), kind=kind), ctx)
 
     tuned = requests_by_name(ctx.ledger)["tuned"]
     assert tuned.model.base_model == str(merged)
