@@ -177,7 +177,10 @@ class TransformersBackend(CoalescingBackend):
             for _, request in batch
         ]
         images = [image for _, request in batch for image in decode_images(request)]
-        inputs = self.processor(images=images or None, text=texts, padding=True, return_tensors="pt")
+        try:
+            inputs = self.processor(images=images or None, text=texts, padding=True, return_tensors="pt")
+        except ValueError as exc:  # e.g. an image placeholder typed in the prompt, an image too narrow
+            raise PermanentBackendError(f"the model's processor refused the request: {exc}") from exc
         for (index, _), length in zip(batch, inputs["attention_mask"].sum(dim=1).tolist(), strict=True):
             if length > self.max_positions:
                 raise ContextLengthError(

@@ -194,6 +194,14 @@ def test_an_undecodable_image_is_a_permanent_error(backend):
         backend.generate([ask("What is it?", [b"not an image"])])
 
 
+def test_a_prompt_holding_the_models_image_placeholder_is_a_permanent_error(backend):
+    """The processor's ValueError (two placeholders, one image) used to stop the service, then again
+    on every redelivery; as a permanent error the instruction goes to the DLQ with the reason."""
+    placeholder = backend.processor.image_token  # "<image>" for LLaVA, "<|image_pad|>" for Qwen2-VL
+    with pytest.raises(PermanentBackendError, match="processor refused the request"):
+        backend.generate([ask(f"{placeholder}\nWhat is it?", [png("red")])])
+
+
 def test_batches_split_on_params_and_size():
     greedy, sampled = SamplingParams(), SamplingParams(temperature=0.7)
     requests = [GenerationRequest(messages=[], params=p) for p in [greedy] * 3 + [sampled] * 2 + [greedy]]
