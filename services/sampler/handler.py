@@ -39,8 +39,9 @@ def sample_seed(model: ModelEntry, instruction_id: str, index: int) -> int:
 
 
 def build_requests(
-    event: ev.Instruction, model: ModelEntry, images: list[bytes], image_urls: list[str]
+    event: ev.Instruction, model: ModelEntry, indices: list[int], images: list[bytes], image_urls: list[str]
 ) -> list[GenerationRequest]:
+    """One request per sample index."""
     messages = [ChatMessage(role="system", text=model.system_prompt)] if model.system_prompt else []
     messages.append(ChatMessage(role="user", text=event.prompt))
     return [
@@ -50,7 +51,7 @@ def build_requests(
             image_urls=image_urls,
             params=model.sampling.model_copy(update={"seed": sample_seed(model, event.instruction_id, i)}),
         )
-        for i in range(event.samples_per_model)
+        for i in indices
     ]
 
 
@@ -96,13 +97,19 @@ def image_urls(uris: list[str], blobs: BlobStore, base_url: str) -> list[str]:
 
 
 async def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list[ev.Response]:
-    """Answer an instruction assigned to this model; answers already in the ledger are re-published
-    as they are (a redelivery after a crash never calls the model again)."""
+    """Answer an instruction assigned to this model. Samples already in the ledger are re-published
+    as they are and only the missing ones are asked for: a redelivery after a crash never calls the
+    model again, and an instruction sent again with more samples pays only for the new ones."""
     if ctx.model.id not in assigned_models(event.models, ctx.registry, event.instruction_id):
         return []
-    done = [r for r in await ctx.ledger.responses_for(event.instruction_id) if r.model_id == ctx.model.id]
-    if len(done) >= event.samples_per_model:
-        return sorted(done, key=lambda r: r.sample_index)[: event.samples_per_model]
+    stored = {
+        r.sample_index: r
+        for r in await ctx.ledger.responses_for(event.instruction_id)
+        if r.model_id == ctx.model.id and r.sample_index < event.samples_per_model
+    }
+    missing = [i for i in range(event.samples_per_model) if i not in stored]
+    if not missing:
+        return [stored[i] for i in sorted(stored)]
     images: list[bytes] = []
     urls: list[str] = []
     # Blob reads may go over the network and decoding takes CPU: not on the loop.
@@ -110,11 +117,11 @@ async def handle_instruction(event: ev.Instruction, ctx: SamplerContext) -> list
         urls = await asyncio.to_thread(image_urls, event.image_uris, ctx.blobs, ctx.model.image_url_base)
     elif event.image_uris:
         images = await asyncio.to_thread(load_images, event.image_uris, ctx.blobs, ctx.image_policy)
-    requests = build_requests(event, ctx.model, images, urls)
+    requests = build_requests(event, ctx.model, missing, images, urls)
     results = await ctx.backend.agenerate(requests)
-    responses = [
+    answered = [
         to_response(event, ctx.model.id, i, req.params, res)
-        for i, (req, res) in enumerate(zip(requests, results, strict=True))
+        for i, req, res in zip(missing, requests, results, strict=True)
     ]
-    await ctx.ledger.record(event, *responses)  # committed before the runtime publishes them
-    return responses
+    await ctx.ledger.record(event, *answered)  # committed before the runtime publishes them
+    return sorted([*stored.values(), *answered], key=lambda r: r.sample_index)
