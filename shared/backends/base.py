@@ -52,9 +52,10 @@ class GenerationResult(BaseModel):
 
     text: str
     finish_reason: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
+    # Bounded as in the Response event, so a server's nonsense fails here, as a backend error.
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+    latency_s: float = Field(0.0, ge=0)
 
 
 class Backend(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import itertools
 import json
 import logging
@@ -26,6 +27,7 @@ from typing import Any
 import httpx2
 import openai
 from openai import AsyncOpenAI, RequestOptions
+from PIL import Image
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -78,7 +80,24 @@ def image_mime_type(image: bytes) -> str:
 
 
 def image_data_url(image: bytes) -> str:
-    return f"data:{image_mime_type(image)};base64,{base64.b64encode(image).decode('ascii')}"
+    """A data URL of a type every OpenAI-compatible server takes: PNG, JPEG, WEBP and GIF as they are,
+    any other format Pillow reads (BMP, which intake accepts) re-encoded as PNG."""
+    try:
+        mime_type = image_mime_type(image)
+    except PermanentBackendError:
+        image, mime_type = as_png(image), "image/png"
+    return f"data:{mime_type};base64,{base64.b64encode(image).decode('ascii')}"
+
+
+def as_png(image: bytes) -> bytes:
+    try:
+        with Image.open(io.BytesIO(image)) as decoded:
+            buffer = io.BytesIO()
+            decoded.save(buffer, format="PNG")
+    except (OSError, ValueError) as error:
+        message = f"unrecognised image format (first bytes {image[:12]!r}): {error}"
+        raise PermanentBackendError(message) from None
+    return buffer.getvalue()
 
 
 def build_messages(request: GenerationRequest) -> list[dict[str, Any]]:
@@ -125,21 +144,30 @@ def build_completion_kwargs(
 
 def result_from_completion(body: bytes, latency_s: float) -> GenerationResult:
     """The first choice of a chat completion; lenient like the SDK, so vLLM's extra fields and
-    finish reasons pass. A body without a choice is a broken server or proxy: worth a retry later."""
+    finish reasons pass. A body that is not a chat completion is a broken server or proxy: worth a
+    retry later, never a crash of the service."""
     try:
         completion = json.loads(body)
         choice = completion["choices"][0]
-        text = choice["message"].get("content") or ""
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        usage = completion.get("usage") or {}
+        return GenerationResult(
+            text=message_text(choice["message"].get("content")),
+            finish_reason=choice.get("finish_reason") or "unknown",
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
+            latency_s=latency_s,
+        )
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:  # ValidationError too
         raise TransientBackendError(f"malformed chat completion ({error!r}): {body[:200]!r}") from None
-    usage = completion.get("usage") or {}
-    return GenerationResult(
-        text=text,
-        finish_reason=choice.get("finish_reason") or "unknown",
-        prompt_tokens=usage.get("prompt_tokens") or 0,
-        completion_tokens=usage.get("completion_tokens") or 0,
-        latency_s=latency_s,
-    )
+
+
+def message_text(content: str | list | None) -> str:
+    """A message's text: a string, or the text parts of a list of content parts (some gateways)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        return "".join(part["text"] for part in content if part.get("type") == "text")
+    raise TypeError(f"message content of type {type(content).__name__}")
 
 
 # --- error classification ------------------------------------------------------------------------
@@ -155,6 +183,10 @@ def error_kind(error: BaseException) -> str:
     if isinstance(error, openai.APIConnectionError):
         return "connection"
     if isinstance(error, openai.APIStatusError):
+        if error.status_code == 408:  # a proxy gave up waiting, e.g. on the upload of a large image
+            return "timeout"
+        if error.status_code == 409:  # a lock or conflict on the server: the OpenAI client retries it too
+            return "conflict"
         if error.status_code == 429:
             return "rate_limited"
         if error.status_code >= 500:
@@ -165,7 +197,7 @@ def error_kind(error: BaseException) -> str:
 
 
 def is_transient(error: BaseException) -> bool:
-    return error_kind(error) in {"timeout", "connection", "rate_limited", "server_error"}
+    return error_kind(error) in {"timeout", "connection", "conflict", "rate_limited", "server_error"}
 
 
 def is_context_length_error(error: openai.APIStatusError) -> bool:

@@ -20,6 +20,7 @@ from shared.backends.openai_http import (
     build_completion_kwargs,
     build_messages,
     error_kind,
+    image_data_url,
     image_mime_type,
     is_transient,
     resolve_api_key,
@@ -52,6 +53,17 @@ def test_image_mime_type_from_magic_bytes(image_format: str, mime: str) -> None:
 def test_unknown_image_format_is_permanent() -> None:
     with pytest.raises(PermanentBackendError, match="unrecognised image format"):
         image_mime_type(b"BM not really a bitmap")
+    with pytest.raises(PermanentBackendError, match="unrecognised image format"):
+        image_data_url(b"BM not really a bitmap")
+
+
+def test_a_bitmap_which_intake_accepts_travels_as_png() -> None:
+    """BMP passes the default image policy, but OpenAI-compatible servers take no image/bmp."""
+    url = image_data_url(encoded_image("BMP"))
+
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.format == "PNG" and decoded.size == (4, 4) and decoded.getpixel((0, 0)) == (0, 128, 0)
 
 
 def test_images_go_before_the_text_of_the_first_user_message_only() -> None:
@@ -145,6 +157,8 @@ def test_completion_kwargs_carry_a_chat_template_override() -> None:
 @pytest.mark.parametrize(
     ("status", "message", "kind"),
     [
+        (408, "request timeout", "timeout"),
+        (409, "conflict", "conflict"),
         (429, "slow down", "rate_limited"),
         (500, "oops", "server_error"),
         (503, "overloaded", "server_error"),
@@ -159,7 +173,7 @@ def test_completion_kwargs_carry_a_chat_template_override() -> None:
 def test_status_errors_are_classified(status: int, message: str, kind: str) -> None:
     error = status_error(status, {"error": {"message": message}})
     assert error_kind(error) == kind
-    assert is_transient(error) == (kind in {"rate_limited", "server_error"})
+    assert is_transient(error) == (kind in {"timeout", "conflict", "rate_limited", "server_error"})
 
 
 def test_timeouts_and_connection_errors_are_transient() -> None:
@@ -210,11 +224,32 @@ def test_result_from_completion_is_lenient_about_extra_fields_and_reasons() -> N
     assert result.latency_s == 0.25
 
 
-def test_result_from_completion_without_choices_is_transient() -> None:
+def test_a_content_given_as_parts_is_their_text() -> None:
+    parts = [
+        {"type": "text", "text": "A red "},
+        {"type": "refusal", "refusal": "-"},
+        {"type": "text", "text": "square."},
+    ]
+    body = {"choices": [{"message": {"content": parts}, "finish_reason": "stop"}]}
+
+    assert result_from_completion(json.dumps(body).encode(), 0.1).text == "A red square."
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices": []}',
+        b"<html>bad gateway</html>",
+        b'{"choices": [{"message": {"content": 7}}]}',
+        b'{"choices": [{"message": {"content": "x"}, "finish_reason": 3}]}',
+        b'{"choices": [{"message": {"content": "x"}}], "usage": [1]}',
+        b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": -1}}',
+    ],
+)
+def test_a_body_that_is_no_chat_completion_is_transient(body: bytes) -> None:
+    """Each of these used to escape as a ValidationError or AttributeError and stop the service."""
     with pytest.raises(TransientBackendError, match="malformed chat completion"):
-        result_from_completion(b'{"choices": []}', 0.1)
-    with pytest.raises(TransientBackendError, match="malformed chat completion"):
-        result_from_completion(b"<html>bad gateway</html>", 0.1)
+        result_from_completion(body, 0.1)
 
 
 def test_a_malformed_completion_counts_as_a_retryable_server_error() -> None:
