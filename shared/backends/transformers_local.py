@@ -195,8 +195,11 @@ class TransformersBackend(CoalescingBackend):
         started = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), torch.inference_mode():
-                if params.seed is not None:
+            # A seeded batch runs on a fork of the RNG, so it neither depends on nor changes the
+            # process's stream; an unseeded one draws from that stream, so two of them differ.
+            seeded = params.seed is not None
+            with torch.random.fork_rng(devices=devices, enabled=seeded), torch.inference_mode():
+                if seeded:
                     torch.manual_seed(params.seed)
                 output = self.model.generate(
                     **inputs,

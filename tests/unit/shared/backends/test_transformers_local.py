@@ -189,6 +189,21 @@ def test_metrics_count_requests_tokens_and_refusals_per_model(model_path):
     assert value("vlf_backend_in_flight") == 0
 
 
+def test_unseeded_samples_differ_and_seeded_ones_repeat(backend):
+    """Unseeded sampling used to run on a fork of the RNG that was restored after it: every
+    unseeded call gave the same answer."""
+    unseeded = [
+        backend.generate([ask("Describe it.", [], temperature=1.0, max_tokens=12)])[0] for _ in range(2)
+    ]
+    seeded = [
+        backend.generate([ask("Describe it.", [], temperature=1.0, max_tokens=12, seed=3)])[0]
+        for _ in range(2)
+    ]
+
+    assert unseeded[0].text != unseeded[1].text
+    assert seeded[0].text == seeded[1].text
+
+
 def test_an_undecodable_image_is_a_permanent_error(backend):
     with pytest.raises(PermanentBackendError):
         backend.generate([ask("What is it?", [b"not an image"])])
