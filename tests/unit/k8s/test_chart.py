@@ -222,10 +222,14 @@ def test_a_samplers_chat_template_is_mounted_where_its_registry_entry_points(tmp
     template_path = Path(Registry.model_validate(registry_of(objects)).model("cpu-http").chat_template)
     configmap = registry_configmap(objects)
     (deployment,) = [
-        d for d in of_kind(objects, "Deployment", "sampler") if d["metadata"]["labels"]["vlf.io/id"] == "cpu-http"
+        d
+        for d in of_kind(objects, "Deployment", "sampler")
+        if d["metadata"]["labels"]["vlf.io/id"] == "cpu-http"
     ]
     pod = deployment["spec"]["template"]["spec"]
-    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if str(template_path).startswith(m["mountPath"])]
+    (mount,) = [
+        m for m in pod["containers"][0]["volumeMounts"] if str(template_path).startswith(m["mountPath"])
+    ]
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
     assert template_path.parent == Path(mount["mountPath"])
@@ -463,6 +467,32 @@ def test_trainer_may_manage_jobs_and_its_job_template_trains_on_eight_gpus(
     )
 
 
+def test_the_evaluator_reads_checkpoints_where_the_training_jobs_write_them(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A Checkpoint event names file:///checkpoints/...: without the trainer's volume every one of
+    them was dead-lettered as missing."""
+    objects = rendered["prod-gpu"]
+    job_pod = training_job(objects)["spec"]["template"]["spec"]
+    (evaluator,) = of_kind(objects, "Deployment", "evaluator")
+    evaluator_pod = evaluator["spec"]["template"]["spec"]
+
+    def checkpoints(pod: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        (claim,) = [v["persistentVolumeClaim"] for v in pod["volumes"] if v["name"] == "checkpoints"]
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "checkpoints"]
+        return claim["claimName"], mount
+
+    job_claim, job_mount = checkpoints(job_pod)
+    evaluator_claim, evaluator_mount = checkpoints(evaluator_pod)
+    assert evaluator_claim == job_claim
+    assert (
+        evaluator_mount["mountPath"]
+        == job_mount["mountPath"]
+        == env_of(job_pod["containers"][0])["VLF_TRAINER_CHECKPOINT_DIR"]
+    )
+    assert evaluator_mount["readOnly"] is True
+
+
 def test_the_trainer_launches_runs_from_the_mounted_job_template_as_valid_jobs(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
@@ -494,7 +524,9 @@ def test_the_trainer_launches_runs_from_the_mounted_job_template_as_valid_jobs(
     for job in created:
         validate_object(job)
         assert len(job["metadata"]["name"]) <= 63 and "generateName" not in job["metadata"]
-        assert job["spec"]["template"]["metadata"]["annotations"][JOB_ID_ANNOTATION] == "dpo-run/2026-11 silkie"
+        assert (
+            job["spec"]["template"]["metadata"]["annotations"][JOB_ID_ANNOTATION] == "dpo-run/2026-11 silkie"
+        )
         assert env_of(job["spec"]["template"]["spec"]["containers"][0])[TRAINER_JOB_ID_ENV] == (
             "dpo-run/2026-11 silkie"
         )
@@ -522,11 +554,17 @@ def test_the_pair_rule_in_values_reaches_the_pair_builder_settings(
         if name.startswith("VLF_PAIRS_"):
             monkeypatch.setenv(name, value)
     settings = PairBuilderSettings()
-    assert (settings.strategy, settings.min_margin, settings.max_pairs_per_instruction) == ("min_margin", 1.5, 3)
+    assert (settings.strategy, settings.min_margin, settings.max_pairs_per_instruction) == (
+        "min_margin",
+        1.5,
+        3,
+    )
     assert settings.judge_ids == ["gpt4v", "verify"]
     assert (settings.heldout_fraction, settings.seed) == (0.01, 7)
     (default,) = of_kind(render([]), "Deployment", "pair-builder")
-    assert "VLF_PAIRS_MAX_PAIRS_PER_INSTRUCTION" not in env_of(default["spec"]["template"]["spec"]["containers"][0])
+    assert "VLF_PAIRS_MAX_PAIRS_PER_INSTRUCTION" not in env_of(
+        default["spec"]["template"]["spec"]["containers"][0]
+    )
 
 
 def test_keda_scales_each_sampler_and_judge_on_its_own_consumer_group(
