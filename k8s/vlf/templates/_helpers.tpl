@@ -355,6 +355,10 @@ spec:
   replicas: {{ .spec.replicaCount }}
   {{- end }}
   revisionHistoryLimit: 3
+  {{- with .strategy }}
+  strategy:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "vlf.selectorLabels" $ctx | nindent 6 }}
@@ -627,6 +631,9 @@ Every bad value, reported at once.
 {{- end -}}
 {{- if lt (int .Values.trainer.job.gpus) 0 -}}
 {{- $errors = append $errors "trainer.job.gpus: must be 0 (CPU) or more" -}}
+{{- end -}}
+{{- if gt (int .Values.evaluator.replicaCount) 1 -}}
+{{- $errors = append $errors "evaluator.replicaCount: at most 1 (its jobs are child processes of the pod: every replica would run every queued evaluation)" -}}
 {{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nVALUES VALIDATION:\n  - %s" (join "\n  - " $errors)) -}}

@@ -386,6 +386,7 @@ def test_validate_values_reports_every_bad_value_at_once(tmp_path: Path) -> None
             {"id": "g", "backend": "openai", "model": "m", "vllm": {"enabled": True, "gpus": 1}},
         ],
         "judges": [{"id": "j", "backend": "openai", "model": "gpt", "baseUrl": "https://api/v1"}],
+        "evaluator": {"replicaCount": 2},
     }
     result = render_text([write_values(tmp_path, bad)])
     assert result.returncode != 0
@@ -395,6 +396,7 @@ def test_validate_values_reports_every_bad_value_at_once(tmp_path: Path) -> None
         "samplers[1] (a): duplicate sampler id",
         "samplers[2] (g): vllm.enabled needs vllm.image.repository and vllm.image.tag",
         "judges[0] (j).apiKey: set value or existingSecret",
+        "evaluator.replicaCount: at most 1",
     ):
         assert message in result.stderr, f"{message!r} missing from:\n{result.stderr}"
 
@@ -491,6 +493,15 @@ def test_the_evaluator_reads_checkpoints_where_the_training_jobs_write_them(
         == env_of(job_pod["containers"][0])["VLF_TRAINER_CHECKPOINT_DIR"]
     )
     assert evaluator_mount["readOnly"] is True
+
+
+def test_no_two_evaluator_pods_run_one_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Its jobs are child processes of the pod, unseen by another pod: an update starts no new pod
+    before the old one is gone (and ``validate`` refuses more than one replica)."""
+    (evaluator,) = of_kind(rendered["prod-gpu"], "Deployment", "evaluator")
+    no_surge = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert evaluator["spec"]["strategy"] == no_surge
+    assert evaluator["spec"]["replicas"] == 1
 
 
 def test_the_trainer_launches_runs_from_the_mounted_job_template_as_valid_jobs(
