@@ -233,7 +233,7 @@ class TrainProgress(Event):
 class Checkpoint(Event):
     checkpoint_id: str
     job_id: str
-    base_model: str
+    base_model: str = Field(min_length=1)  # an adapter's base, and the model a checkpoint is compared with
     artifact_uri: str
     kind: Literal["adapter", "merged", "full"]
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from services.evaluator.handler import (
 )
 from services.evaluator.settings import EvaluatorSettings
 from shared.contracts import events as ev
+from shared.contracts import topics
+from shared.contracts.codec import decode
 from shared.contracts.ids import eval_result_id
-from shared.errors import PermanentError
+from shared.errors import ContractError, PermanentError
 from shared.ledger import Ledger
 
 
@@ -163,3 +166,11 @@ def test_failed_results_cover_only_the_benchmarks_without_a_result(ctx):
 def test_settings_refuse_unknown_mme_subtasks():
     with pytest.raises(ValueError, match="mme_subtasks"):
         EvaluatorSettings(mme_subtasks=["color", "colour"])
+
+
+def test_a_checkpoint_without_a_base_model_is_refused_by_the_contract(tmp_path):
+    """It used to pass decoding, then fail in the handler with an error that stopped the service."""
+    payload = checkpoint(tmp_path, kind="full").model_dump(mode="json") | {"base_model": ""}
+
+    with pytest.raises(ContractError, match="base_model"):
+        decode(topics.CHECKPOINTS, json.dumps(payload).encode())
