@@ -1,4 +1,6 @@
-from shared.runtime.dlq import dlq_headers, read_dlq_headers
+from kafka.consumer.fetcher import ConsumerRecord
+
+from shared.runtime.dlq import dead_letter, read_dlq_headers
 from shared.runtime.offsets import OffsetTracker
 
 TP = ("vlf.responses.v1", 0)
@@ -32,25 +34,32 @@ def test_finishing_a_forgotten_partition_is_ignored():
     assert tracker.take_committable() == {}
 
 
+def record(offset: int, headers: list, key: bytes | None = b"k", value: bytes | None = b"v"):
+    return ConsumerRecord(
+        topic="t", partition=2, leader_epoch=-1, offset=offset, timestamp=0, timestamp_type=0, key=key,
+        value=value, headers=headers, checksum=None, serialized_key_size=-1, serialized_value_size=-1,
+        serialized_header_size=-1,
+    )  # fmt: skip
+
+
 def test_dlq_headers_keep_originals_and_replace_earlier_failures():
-    first = dlq_headers(
-        [("trace", b"1")],
-        topic="t",
-        partition=2,
-        offset=7,
-        service="svc",
-        error=ValueError("bad"),
-        attempts=3,
-    )
-    second = dlq_headers(
-        first, topic="t", partition=2, offset=9, service="svc", error=KeyError("k"), attempts=1
-    )
-    assert ("trace", b"1") in second
-    parsed = read_dlq_headers(second)
+    first = dead_letter(record(7, [("trace", b"1")]), service="svc", error=ValueError("bad"), attempts=3)
+    second = dead_letter(record(9, first.headers), service="svc", error=KeyError("k"), attempts=1)
+    assert ("trace", b"1") in second.headers
+    parsed = read_dlq_headers(second.headers)
     assert parsed["source.offset"] == "9"
     assert parsed["error.class"] == "KeyError"
     assert parsed["attempts"] == "1"
-    assert len([h for h in second if h[0] == "vlf.dlq.error.class"]) == 1
+    assert len([h for h in second.headers if h[0] == "vlf.dlq.error.class"]) == 1
+    assert (second.key, second.value) == (b"k", b"v")
+
+
+def test_a_record_without_key_value_or_header_value_still_makes_a_letter():
+    """What other clients can write and kafka-python's producer refuses to send."""
+    unsendable = record(3, [("trace", None)], key=None, value=None)
+    letter = dead_letter(unsendable, service="s", error=ValueError(), attempts=1)
+    assert (letter.key, letter.value) == (None, b"")
+    assert ("trace", b"") in letter.headers
 
 
 def test_in_flight_is_counted_per_partition():
