@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kafka.consumer.fetcher import ConsumerRecord
+
 from shared.contracts import events as ev
 from shared.contracts.events import Aspect
 from shared.contracts.ids import response_id
@@ -109,3 +111,19 @@ def one_of_each(n: int = 1) -> list[ev.Event]:
             metrics={"perception": 1000.0},
         ),
     ]
+
+
+def consumer_record(
+    topic: str,
+    offset: int,
+    headers: list,
+    key: bytes | None = b"k",
+    value: bytes | None = b"v",
+    partition: int = 0,
+) -> ConsumerRecord:
+    """A record as kafka-python's consumer hands it to the runtime (fields it does not read: zero)."""
+    return ConsumerRecord(
+        topic=topic, partition=partition, leader_epoch=-1, offset=offset, timestamp=0, timestamp_type=0,
+        key=key, value=value, headers=headers, checksum=None, serialized_key_size=-1,
+        serialized_value_size=-1, serialized_header_size=-1,
+    )  # fmt: skip

@@ -9,7 +9,6 @@ import subprocess
 import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 
 from shared.contracts import events as ev
@@ -142,11 +141,9 @@ def test_records_other_clients_write_make_letters_the_broker_takes(kafka_bootstr
     a Java client or kcat can write both, and their dead letters used to stop the service instead."""
     name = namespace + "letters"
     create_topics(kafka_bootstrap, [name], partitions=1)
-    record = ConsumerRecord(
-        topic=namespace + topics.INSTRUCTIONS.name, partition=0, leader_epoch=-1, offset=7, timestamp=0,
-        timestamp_type=0, key=None, value=None, headers=[("trace-id", None)], checksum=None,
-        serialized_key_size=-1, serialized_value_size=-1, serialized_header_size=-1,
-    )  # fmt: skip
+    record = factories.consumer_record(
+        namespace + topics.INSTRUCTIONS.name, 7, [("trace-id", None)], key=None, value=None
+    )
     letter = dead_letter(record, service="vlf-test", error=ContractError("empty message"), attempts=1)
 
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)

@@ -24,6 +24,12 @@ Names and labels.
 {{- end -}}
 
 {{/* Resource name of one component: (dict "root" $ "component" "sampler" "id" "llava") */}}
+{{- /* The PVC of the trainer's checkpoints: training Jobs write it, the evaluator reads it. */}}
+{{- define "vlf.checkpointsClaim" -}}
+{{- $made := printf "%s-checkpoints" (include "vlf.componentName" (dict "root" . "component" "trainer")) -}}
+{{- default $made .Values.trainer.checkpoints.existingClaim -}}
+{{- end -}}
+
 {{- define "vlf.componentName" -}}
 {{- $base := include "vlf.fullname" .root -}}
 {{- if .id -}}

@@ -1,7 +1,6 @@
-from kafka.consumer.fetcher import ConsumerRecord
-
 from shared.runtime.dlq import dead_letter, read_dlq_headers
 from shared.runtime.offsets import OffsetTracker
+from tests import factories
 
 TP = ("vlf.responses.v1", 0)
 
@@ -35,11 +34,7 @@ def test_finishing_a_forgotten_partition_is_ignored():
 
 
 def record(offset: int, headers: list, key: bytes | None = b"k", value: bytes | None = b"v"):
-    return ConsumerRecord(
-        topic="t", partition=2, leader_epoch=-1, offset=offset, timestamp=0, timestamp_type=0, key=key,
-        value=value, headers=headers, checksum=None, serialized_key_size=-1, serialized_value_size=-1,
-        serialized_header_size=-1,
-    )  # fmt: skip
+    return factories.consumer_record("t", offset, headers, key, value, partition=2)
 
 
 def test_dlq_headers_keep_originals_and_replace_earlier_failures():
