@@ -48,7 +48,7 @@ class JudgeCallRow(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     instruction_id: Mapped[str] = mapped_column(String(128), index=True)
     judge_id: Mapped[str] = mapped_column(String(128), index=True)
-    purpose: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(Text)
     raw_reply: Mapped[str] = mapped_column(Text)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -108,19 +108,22 @@ def test_model_tokens_sum_each_models_answers(ledger):
 
 
 def test_judge_replies_and_predictions_are_kept(ledger):
-    call = Ledger.judge_call_id("inst-1", "gpt", "all_in_one", ["r1", "r2"])
+    # The annotator's longest purpose: pass, mode and every aspect (VARCHAR(64) refused it on PostgreSQL).
+    purpose = "pass2:all_in_one:" + "+".join(aspect.value for aspect in ev.Aspect)
+    call = Ledger.judge_call_id("inst-1", "gpt", purpose, ["r1", "r2"])
     assert ledger.judge_reply(call) is None
     ledger.save_judge_reply(
         call,
         instruction_id="inst-1",
         judge_id="gpt",
-        purpose="all_in_one",
+        purpose=purpose,
         raw_reply="Rating: 4",
         prompt_tokens=100,
         completion_tokens=20,
         cost_usd=0.01,
     )
     assert ledger.judge_reply(call).raw_reply == "Rating: 4"
+    assert ledger.judge_reply(call).purpose == purpose
     assert ledger.judge_spend() == {"gpt": pytest.approx(0.01)}
     ledger.save_prediction("base", "mme", "color/1.png#0", "Yes")
     assert ledger.prediction("base", "mme", "color/1.png#0") == "Yes"
