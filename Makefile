@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup tools lint test test-unit test-integration demo kafka-up kafka-down bench schemas chart-docs clean
+.PHONY: setup tools images lint test test-unit test-integration demo kafka-up kafka-down bench schemas chart-docs clean
 
 setup: $(VENV)/.installed
 
@@ -16,14 +16,17 @@ $(VENV)/.installed: pyproject.toml
 
 tools:
 	bash k8s/install-tools.sh
-	bash k8s/install-apiserver.sh
+	bash k8s/install-kubernetes.sh
 	bash tests/install-debian-packages.sh
+
+images: tools
+	bash docker/build-images.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup tools lint
+test: setup tools images lint
 	$(PY) -m pytest -q -ra
 
 test-unit: setup

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import time
 import uuid
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +79,10 @@ class BrokerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VLF_KAFKA_", frozen=True, extra="forbid")
 
     version: str = Field(default=KAFKA_VERSION, description="org.apache.kafka:kafka_2.13 version (>= 3.9).")
+    host: IPv4Address = Field(
+        default=IPv4Address("127.0.0.1"),
+        description="Address the broker listens on and advertises (a bridge address pods reach, say).",
+    )
     port: int = Field(default=19092, ge=1, le=65534, description="PLAINTEXT port; controller: port+1.")
     data_dir: Path = Field(default=Path(".vlf/kafka"), description="Configs, pid, log and log segments.")
     cache_dir: Path = Field(
@@ -105,7 +110,7 @@ class BrokerConfig(BaseSettings):
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def libs_dir(self) -> Path:
@@ -199,12 +204,13 @@ def fetch_jars(cfg: BrokerConfig) -> Path:
 
 
 def render_server_properties(cfg: BrokerConfig) -> str:
-    """Combined broker+controller on loopback, sized for one node and a small machine."""
+    """Combined broker+controller on one address, sized for one node and a small machine."""
+    host = cfg.host
     return f"""process.roles=broker,controller
 node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{cfg.controller_port}
-listeners=PLAINTEXT://127.0.0.1:{cfg.port},CONTROLLER://127.0.0.1:{cfg.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{cfg.port},CONTROLLER://127.0.0.1:{cfg.controller_port}
+controller.quorum.bootstrap.servers={host}:{cfg.controller_port}
+listeners=PLAINTEXT://{host}:{cfg.port},CONTROLLER://{host}:{cfg.controller_port}
+advertised.listeners=PLAINTEXT://{host}:{cfg.port},CONTROLLER://{host}:{cfg.controller_port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -338,10 +344,10 @@ def port_bindable(port: int) -> bool:
     return True
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """A cheap check before the client probe, whose failed bootstrap is slow and noisy."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with socket.create_connection((host, port), timeout=0.2):
             return True
     except OSError:
         return False
@@ -394,9 +400,9 @@ def start_broker(cfg: BrokerConfig, timeout_s: float = 60) -> str:
     if broker_running(cfg) and accepts_clients(cfg.bootstrap):
         return cfg.bootstrap
     stop_broker(cfg)  # a hung or half-dead broker from an earlier run
-    busy = [port for port in (cfg.port, cfg.controller_port) if port_open(port)]
+    busy = [port for port in (cfg.port, cfg.controller_port) if port_open(port, str(cfg.host))]
     if busy:  # another process (maybe another broker) would answer our readiness probe
-        raise BrokerError(f"port(s) {busy} on 127.0.0.1 already in use by another process")
+        raise BrokerError(f"port(s) {busy} on {cfg.host} already in use by another process")
     fetch_jars(cfg)
     write_configs(cfg)
     format_storage(cfg)
@@ -409,7 +415,7 @@ def start_broker(cfg: BrokerConfig, timeout_s: float = 60) -> str:
                 f"kafka broker exited with code {process.returncode} during start-up; "
                 f"tail of {cfg.broker_log}:\n{_tail(cfg.broker_log.read_text(errors='replace'))}"
             )
-        if port_open(cfg.port) and accepts_clients(cfg.bootstrap, timeout_s=5.0):
+        if port_open(cfg.port, str(cfg.host)) and accepts_clients(cfg.bootstrap, timeout_s=5.0):
             return cfg.bootstrap
         time.sleep(0.2)
     stop_broker(cfg)

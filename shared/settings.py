@@ -81,7 +81,11 @@ class CommonSettings(YamlOverlaySettings):
     max_poll_interval_ms: int = Field(300_000, ge=1000)
 
     # --- HTTP probes and logs ---
-    http_host: str = "127.0.0.1"
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP server binds: loopback on a workstation; the images and the chart set "
+        "0.0.0.0 so the kubelet's probes and Prometheus reach the pod IP.",
+    )
     http_port: int = Field(8080, ge=0, le=65535)
     log_json: bool = False
     log_level: str = "INFO"

@@ -46,8 +46,12 @@ def _run(command: list[str]) -> None:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a SQLAlchemy URL of an empty database on a fresh server."""
+def postgres_server(host: str = "127.0.0.1", trust_cidr: str | None = None) -> Iterator[str]:
+    """Yields a SQLAlchemy URL of an empty database on a fresh server listening on ``host``.
+
+    ``trust_cidr`` lets clients of that network in without a password too (pods on a node's bridge);
+    initdb's trust rules cover loopback only.
+    """
     bin_dir = postgres_bin_dir()
     work = Path(tempfile.mkdtemp(prefix="vlf-postgres-"))
     data = work / "data"
@@ -55,12 +59,15 @@ def postgres_server() -> Iterator[str]:
         user = pwd.getpwnam("postgres")
         os.chown(work, user.pw_uid, user.pw_gid)
     port = free_ports()
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
+    options = f"-p {port} -c listen_addresses={host} -c unix_socket_directories='' -c fsync=off"
     try:
         _run(_as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vlf"]))
+        if trust_cidr:
+            with (data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {trust_cidr} trust\n")
         pg_ctl, log = str(bin_dir / "pg_ctl"), str(work / "log")
         _run(_as_server_user([pg_ctl, "-D", str(data), "-o", options, "-l", log, "-w", "start"]))
-        yield f"postgresql+psycopg://vlf@127.0.0.1:{port}/postgres"
+        yield f"postgresql+psycopg://vlf@{host}:{port}/postgres"
     finally:
         subprocess.run(
             _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane for tests: etcd and kube-apiserver, no kubelet, no controllers.
 
-The binaries come from ``k8s/install-apiserver.sh`` (``make tools``). Objects are stored, validated
+The binaries come from ``k8s/install-kubernetes.sh`` (``make tools``). Objects are stored, validated
 and listed exactly as in a cluster, but nothing runs them: a test moves a Job to its end state by
 writing its status, as the Job controller would.
 """
@@ -66,7 +66,9 @@ class ControlPlane:
 def _binary(name: str) -> Path:
     path = TOOLS_BIN / name
     if not path.is_file():
-        pytest.fail(f"{name} is missing from {TOOLS_BIN}: run `bash k8s/install-apiserver.sh`", pytrace=False)
+        pytest.fail(
+            f"{name} is missing from {TOOLS_BIN}: run `bash k8s/install-kubernetes.sh`", pytrace=False
+        )
     return path
 
 

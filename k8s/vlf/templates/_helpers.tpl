@@ -188,6 +188,8 @@ Environment common to every service container.
 */}}
 {{- define "vlf.commonEnv" -}}
 {{- $c := .Values.common -}}
+- name: VLF_HTTP_HOST
+  value: "0.0.0.0"
 - name: VLF_HTTP_PORT
   value: {{ $c.httpPort | quote }}
 - name: VLF_LOG_JSON
@@ -249,6 +251,9 @@ envFrom:
   secret:
     secretName: {{ .Values.common.kafka.caSecret }}
 {{- end }}
+{{- with .Values.common.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "vlf.commonVolumeMounts" -}}
@@ -261,6 +266,9 @@ envFrom:
 - name: kafka-ca
   mountPath: /etc/vlf/kafka-ca
   readOnly: true
+{{- end }}
+{{- with .Values.common.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
@@ -337,6 +345,7 @@ A service Deployment. Arguments (dict):
   module     python module run with `python -m`
   spec       the component's values (replicaCount, resources, nodeSelector, tolerations, affinity, extraEnv)
   gpus       GPUs of the pod (the CUDA image and the GPU pool when > 0)
+  image      the image values to run instead (optional; default chosen by gpus)
   env        extra env entries (YAML list as a string)
   keda       true when a ScaledObject owns the replica count
   serviceAccount  name of the ServiceAccount ("" for none)
@@ -347,7 +356,7 @@ A service Deployment. Arguments (dict):
 {{- $c := $root.Values.common -}}
 {{- $name := include "vlf.componentName" . -}}
 {{- $gpus := int (default 0 .gpus) -}}
-{{- $image := ternary $c.gpuImage $c.image (gt $gpus 0) -}}
+{{- $image := .image | default (ternary $c.gpuImage $c.image (gt $gpus 0)) -}}
 {{- $ctx := dict "root" $root "component" .component "id" .id }}
 apiVersion: apps/v1
 kind: Deployment

@@ -371,6 +371,21 @@ def test_service_probes_use_healthz_for_liveness_and_readyz_for_readiness(
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["command"][:2] == ["python", "-m"]
+        # The kubelet probes the pod's address: a server on loopback fails every probe.
+        assert env_of(container)["VLF_HTTP_HOST"] == "0.0.0.0"
+
+
+def test_extra_volumes_reach_every_service_pod_and_the_training_job(tmp_path: Path) -> None:
+    volume = {"name": "blobs", "nfs": {"server": "nfs.example", "path": "/vlf"}}
+    mount = {"name": "blobs", "mountPath": "/data/blobs"}
+    objects = render(
+        [write_values(tmp_path, {"common": {"extraVolumes": [volume], "extraVolumeMounts": [mount]}})]
+    )
+    pods = dict(pod_specs(objects))
+    assert "training-job" in pods and len(pods) > 5
+    for pod_name, pod in pods.items():
+        assert volume in pod["volumes"], pod_name
+        assert all(mount in c["volumeMounts"] for c in pod["containers"]), pod_name
 
 
 # --- validation ------------------------------------------------------------------------------------

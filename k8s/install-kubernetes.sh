@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds a real Kubernetes API server (kube-apiserver) and etcd from the Go module proxy into the
-# tools cache, for integration tests that run a control plane without kubelet or controllers.
+# Builds a real single-node Kubernetes from the Go module proxy into the tools cache: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (containerd, runc and the CNI
+# plugins come from Debian: k8s/install-node-packages.sh). tests/integration/control_plane.py runs
+# the API server alone; tests/cluster/ runs the whole node.
 #
 # Why not `go install pkg@version`: both k8s.io/kubernetes and go.etcd.io/etcd/server/v3 carry
 # replace directives in their go.mod (staging/ and ../api paths), which `go install` refuses.
@@ -52,20 +54,30 @@ build_from_module() {
   mv -f "${out}.tmp" "${out}"
 }
 
-# --- kube-apiserver -------------------------------------------------------------------------------
-if version_ok "${TOOLS_BIN}/kube-apiserver" "Kubernetes ${KUBERNETES_VERSION}"; then
-  echo "kube-apiserver: ${KUBERNETES_VERSION} present in ${TOOLS_BIN}"
-else
-  echo "kube-apiserver: building k8s.io/kubernetes/cmd/kube-apiserver@${KUBERNETES_VERSION}"
+# --- Kubernetes components ----------------------------------------------------------------------
+# Every `k8s.io/X => ./staging/src/k8s.io/X` of k8s.io/kubernetes's go.mod becomes
+# `k8s.io/X => k8s.io/X v0.Y.Z`; the components share one Go build cache, so the second and later
+# cost a fraction of the first.
+k8s_replaces() {
+  local k8s_gomod staging_version
   k8s_gomod="$(go mod download -json k8s.io/kubernetes@"${KUBERNETES_VERSION}" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
   staging_version="v0${KUBERNETES_VERSION#v1}" # v1.34.2 -> v0.34.2
-  # Every `k8s.io/X => ./staging/src/k8s.io/X` becomes `k8s.io/X => k8s.io/X v0.Y.Z`.
   sed -n 's#^\s*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/.*#\1#p' "${k8s_gomod}" \
-    | { echo "replace ("; while read -r m; do echo "	${m} => ${m} ${staging_version}"; done; echo ")"; } \
-    | build_from_module "${TOOLS_BIN}/kube-apiserver" \
-      k8s.io/kubernetes/cmd/kube-apiserver "${KUBERNETES_VERSION}" \
-      "-s -w -X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERSION} -X k8s.io/component-base/version.gitTreeState=clean"
-fi
+    | { echo "replace ("; while read -r m; do echo "	${m} => ${m} ${staging_version}"; done; echo ")"; }
+}
+
+for component in kubelet kube-apiserver kube-scheduler kube-controller-manager; do
+  if version_ok "${TOOLS_BIN}/${component}" "Kubernetes ${KUBERNETES_VERSION}"; then
+    echo "${component}: ${KUBERNETES_VERSION} present in ${TOOLS_BIN}"
+    continue
+  fi
+  echo "${component}: building k8s.io/kubernetes/cmd/${component}@${KUBERNETES_VERSION}"
+  started=${SECONDS}
+  k8s_replaces | build_from_module "${TOOLS_BIN}/${component}" \
+    "k8s.io/kubernetes/cmd/${component}" "${KUBERNETES_VERSION}" \
+    "-s -w -X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERSION} -X k8s.io/component-base/version.gitTreeState=clean"
+  echo "${component}: built in $((SECONDS - started)) s"
+done
 
 # --- etcd -----------------------------------------------------------------------------------------
 if version_ok "${TOOLS_BIN}/etcd" "etcd Version: ${ETCD_VERSION#v}"; then
@@ -83,8 +95,9 @@ replace (
 EOF
 fi
 
-"${TOOLS_BIN}/kube-apiserver" --version
+for component in kubelet kube-apiserver kube-scheduler kube-controller-manager; do
+  "${TOOLS_BIN}/${component}" --version
+done
 etcd_version="$("${TOOLS_BIN}/etcd" --version)"
 echo "${etcd_version%%$'\n'*}"
 
-# tests/integration/control_plane.py starts etcd and kube-apiserver from these binaries for tests.

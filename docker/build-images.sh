@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the service images without a Docker daemon or a registry, and saves them as archives that
+# podman and containerd import (the single-node cluster test loads them into its containerd):
+#   localhost/vlf-base:bookworm  Debian bookworm + python3, from Debian packages (mmdebstrap)
+#   localhost/vlf-pause:3.10     the pod sandbox image (docker/pause/build-pause.sh)
+#   localhost/vlf:cpu            docker/Dockerfile.cpu: every service, no torch
+#   localhost/vlf:cpu-train      docker/Dockerfile.cpu with the train extra: training Jobs and the
+#                                evaluator on CPU
+# Users build the same Dockerfiles on the public base (`docker build -f docker/Dockerfile.cpu .`);
+# here BASE_IMAGE points at the Debian-built one.
+#
+# Cached: the base image (podman storage), buildah's layers (unchanged sources rebuild in seconds),
+# pip downloads (the host's pip cache is mounted into the build), and one archive per image id in
+# ${VLF_IMAGE_CACHE} (<name>-<tag>.tar, re-saved when the image id in <archive>.id changes). Prints the seconds each stage took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE_CACHE="${VLF_IMAGE_CACHE:-${HOME}/.cache/vlf/images}"
+PIP_CACHE="${PIP_CACHE_DIR:-${HOME}/.cache/pip}"
+BASE_IMAGE="localhost/vlf-base:bookworm"
+mkdir -p "${IMAGE_CACHE}" "${PIP_CACHE}"
+
+for tool in buildah podman mmdebstrap runc; do
+  command -v "${tool}" >/dev/null || {
+    echo "build-images: ${tool} is missing: run \`bash tests/install-debian-packages.sh\` (Debian packages)" >&2
+    exit 1
+  }
+done
+
+stage() { # stage NAME COMMAND...: runs COMMAND and prints its wall time
+  local name="$1" start=${SECONDS}
+  shift
+  "$@"
+  echo "build-images: ${name} took $((SECONDS - start)) s"
+}
+
+build_base() {
+  if podman image exists "${BASE_IMAGE}"; then
+    echo "${BASE_IMAGE}: present"
+    return
+  fi
+  local rootfs
+  rootfs="$(mktemp -d)/rootfs.tar"
+  # passwd: groupadd/useradd for the image user; python3-venv: the Dockerfiles' venv.
+  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
+    bookworm "${rootfs}"
+  podman import --quiet \
+    --change 'CMD ["/bin/bash"]' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    "${rootfs}" "${BASE_IMAGE}" >/dev/null
+  rm -rf "$(dirname "${rootfs}")"
+}
+
+# The build sees the host's pip configuration and CA bundle (a proxy that re-signs TLS, a local
+# index), mounted for the RUN steps only: neither ends up in an image.
+host_mounts=(--volume "${PIP_CACHE}:/root/.cache/pip")
+for file in /etc/pip.conf /etc/ssl/certs/ca-certificates.crt; do
+  [ -f "${file}" ] && host_mounts+=(--volume "${file}:${file}:ro")
+done
+
+# build_service_image TAG EXTRAS: buildah bud of docker/Dockerfile.cpu, then an archive per image id.
+build_service_image() {
+  local tag="$1" extras="$2" id archive
+  buildah bud --quiet --isolation chroot --layers --format docker "${host_mounts[@]}" \
+    --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VLF_EXTRAS=${extras}" \
+    -f docker/Dockerfile.cpu -t "${tag}" . >/dev/null
+  id="$(podman image inspect --format '{{.Id}}' "${tag}")"
+  archive="${IMAGE_CACHE}/$(echo "${tag#localhost/}" | tr ':' '-').tar"
+  if [ "$(cat "${archive}.id" 2>/dev/null)" != "${id}" ]; then
+    rm -f "${archive}" "${archive}.id"
+    podman save --quiet --format docker-archive -o "${archive}.tmp" "${tag}"
+    mv "${archive}.tmp" "${archive}"
+    echo "${id}" >"${archive}.id"
+  fi
+  echo "${tag}: $(podman image inspect --format '{{.Size}}' "${tag}" | numfmt --to=iec) (${archive})"
+}
+
+stage "base image" build_base
+stage "pause image" bash docker/pause/build-pause.sh
+stage "localhost/vlf:cpu" build_service_image localhost/vlf:cpu postgres,kube
+stage "localhost/vlf:cpu-train" build_service_image localhost/vlf:cpu-train train,postgres,kube
