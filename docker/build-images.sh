@@ -9,9 +9,10 @@
 # Users build the same Dockerfiles on the public base (`docker build -f docker/Dockerfile.cpu .`);
 # here BASE_IMAGE points at the Debian-built one.
 #
-# Cached: the base image (podman storage), buildah's layers (unchanged sources rebuild in seconds),
-# pip downloads (the host's pip cache is mounted into the build), and one archive per image id in
-# ${VLF_IMAGE_CACHE} (<name>-<tag>.tar, re-saved when the image id in <archive>.id changes). Prints the seconds each stage took.
+# Cached: the base image (podman storage), each service image (skipped while the hash of its
+# inputs, in its vlf.inputs label, is unchanged), pip downloads (the host's pip cache is mounted
+# into the build), and one archive per image in ${VLF_IMAGE_CACHE} (<name>-<tag>.tar, re-saved
+# when the image id in <archive>.id changes). Prints the seconds each stage took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,12 +59,26 @@ for file in /etc/pip.conf /etc/ssl/certs/ca-certificates.crt; do
   [ -f "${file}" ] && host_mounts+=(--volume "${file}:${file}:ro")
 done
 
-# build_service_image TAG EXTRAS: buildah bud of docker/Dockerfile.cpu, then an archive per image id.
+# The hash of everything a service image is built from: an image whose label carries it is current.
+inputs_hash() {
+  { echo "$1"; cat docker/Dockerfile.cpu pyproject.toml README.md; git ls-files -z shared services | xargs -0 cat; } \
+    | sha256sum | cut -c1-16
+}
+
+# build_service_image TAG EXTRAS: buildah bud of docker/Dockerfile.cpu unless the tag is current,
+# then its archive, re-saved when the image id changed. Replaced images are pruned at once: the
+# train image is 6.7 GB, and its builder stage as much again.
 build_service_image() {
-  local tag="$1" extras="$2" id archive
-  buildah bud --quiet --isolation chroot --layers --format docker "${host_mounts[@]}" \
-    --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VLF_EXTRAS=${extras}" \
-    -f docker/Dockerfile.cpu -t "${tag}" . >/dev/null
+  local tag="$1" extras="$2" hash id archive
+  hash="$(inputs_hash "${extras}")"
+  if [ "$(podman image inspect --format '{{index .Labels "vlf.inputs"}}' "${tag}" 2>/dev/null)" = "${hash}" ]; then
+    echo "${tag}: current (inputs ${hash})"
+  else
+    buildah bud --quiet --isolation chroot --format docker "${host_mounts[@]}" \
+      --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VLF_EXTRAS=${extras}" --label "vlf.inputs=${hash}" \
+      -f docker/Dockerfile.cpu -t "${tag}" . >/dev/null
+    podman image prune --force >/dev/null
+  fi
   id="$(podman image inspect --format '{{.Id}}' "${tag}")"
   archive="${IMAGE_CACHE}/$(echo "${tag#localhost/}" | tr ':' '-').tar"
   if [ "$(cat "${archive}.id" 2>/dev/null)" != "${id}" ]; then

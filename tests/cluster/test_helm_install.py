@@ -28,7 +28,7 @@ from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 from shared.ledger import Ledger
-from shared.openai_test_server import RunningServer, TestServerConfig, serve_in_thread
+from shared.openai_test_server import RunningServer, TestServerConfig, default_responder, serve_in_thread
 from shared.settings import CommonSettings
 from shared.status import kafka_numbers
 from tests.cluster.node import Node, single_node
@@ -226,15 +226,14 @@ class Cluster:
         return "\n".join(lines)
 
     # --- the pipeline -----------------------------------------------------------------------
-    def submit(self, count: int, models: list[str] | None = None) -> list[str]:
-        """``vlf submit`` of ``count`` new instructions; returns their prompts."""
+    def submit(self, count: int) -> None:
+        """``vlf submit`` of ``count`` new instructions, assigned to models by the host's registry."""
         folder = self.work / f"submit-{self.submitted}"
         folder.mkdir()
-        prompts, lines = [], []
+        lines = []
         for n in range(self.submitted, self.submitted + count):
             (folder / f"{n}.png").write_bytes(png(list(COLOURS)[n % 4]))
-            prompts.append(f"Instruction {n}: what colour is the square?")
-            lines.append({"prompt": prompts[-1], "image": f"{n}.png", "models": models or []})
+            lines.append({"prompt": f"Instruction {n}: what colour is the square?", "image": f"{n}.png"})
         (folder / "instructions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         env = {
             **os.environ,
@@ -253,7 +252,6 @@ class Cluster:
         for path in self.blobs.rglob("*"):
             os.chown(path, IMAGE_UID, IMAGE_UID)
         self.submitted += count
-        return prompts
 
     def instructions(self) -> list[ev.Instruction]:
         return [
@@ -267,6 +265,12 @@ class Cluster:
     def pairs_settled(self) -> bool:
         lag = kafka_numbers(self.settings)[1]
         return lag.get("vlf-pair-builder") == 0 and lag.get("vlf-annotator.judge") == 0
+
+
+def model_responder(model_id: str) -> Callable[[dict], str]:
+    """Answers that differ between models (the default one depends on the prompt only), so the
+    judge rates the two answers of an instruction differently and they make a pair."""
+    return lambda request: f"{model_id}: {default_responder(request)}"
 
 
 def model_calls(server: RunningServer) -> Counter:
@@ -295,7 +299,9 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         broker = BrokerConfig(host=node.host_ip, port=free_ports(2), data_dir=work / "kafka")
         bootstrap = start_broker(broker)
         servers = {
-            sid: serve_in_thread(TestServerConfig(latency_s=MODEL_LATENCY_S), host=node.host_ip)
+            sid: serve_in_thread(
+                TestServerConfig(latency_s=MODEL_LATENCY_S, responder=model_responder(sid)), host=node.host_ip
+            )
             for sid in ("model-a", "model-b", "model-c")
         }
         servers["judge"] = serve_in_thread(TestServerConfig(responder=judge_responder), host=node.host_ip)
@@ -311,6 +317,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             stop_broker(broker)
 
 
+@pytest.mark.timeout(1800)  # install, pipeline, pod deletion, a training Job, upgrade: ~10 min on 2 cores
 def test_helm_install_runs_the_pipeline_on_a_real_node(cluster: Cluster, capsys):
     figures: dict[str, object] = {"node start (s)": round(cluster.node.started_in_s, 1)}
 

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.kafka_local import free_ports
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, serve_in_thread
+from shared.openai_test_server import TestServerConfig, default_responder, serve_in_thread
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
@@ -60,6 +61,7 @@ def _instructions(tmp: Path, blobs: BlobStore, registry: Registry) -> list[ev.In
     return out
 
 
+@pytest.mark.timeout(900)
 def test_service_images_start_answer_probes_and_turn_instructions_into_pairs(
     kafka_bootstrap, namespace, ledger_url, tmp_path
 ):
@@ -67,12 +69,21 @@ def test_service_images_start_answer_probes_and_turn_instructions_into_pairs(
         require_image(image)
     data = tmp_path / "data"
     (data / "blobs").mkdir(parents=True)
-    model_server = serve_in_thread(TestServerConfig(latency_s=0.01))
+    # The default reply depends on the prompt only; answers that differ per model make pairs.
+    servers = {
+        m: serve_in_thread(
+            TestServerConfig(responder=lambda request, m=m: f"{m}: {default_responder(request)}")
+        )
+        for m in ("m1", "m2")
+    }
     judge_server = serve_in_thread(TestServerConfig(responder=judge_responder))
     judges = [{"id": "judge", "model": "test-model", "base_url": judge_server.base_url, "timeout_s": 10}]
     registry_path = write_registry(
-        tmp_path / "registry.yaml", model_server.base_url, ["m1", "m2"], k=2, judges=judges
+        tmp_path / "registry.yaml", servers["m1"].base_url, ["m1", "m2"], k=2, judges=judges
     )
+    registry = yaml.safe_load(registry_path.read_text())
+    registry["models"][1]["base_url"] = servers["m2"].base_url
+    registry_path.write_text(yaml.safe_dump(registry))
     registry_path.chmod(0o644)
     settings = CommonSettings(
         kafka_bootstrap_servers=kafka_bootstrap,
@@ -90,6 +101,7 @@ def test_service_images_start_answer_probes_and_turn_instructions_into_pairs(
         "VLF_LEDGER_URL": ledger_url,
         "VLF_BLOB_URL": "file:///data/blobs",
         "VLF_COMMIT_INTERVAL_S": "0.2",
+        "VLF_PAIRS_HELDOUT_FRACTION": "0",
         "VLF_LOG_JSON": "true",
     }
     services = [
@@ -116,8 +128,8 @@ def test_service_images_start_answer_probes_and_turn_instructions_into_pairs(
         pairs = ledger.count(ev.Pair)
     finally:
         exits = {c.name: (c.stop(), c.logs()[-2000:]) for c in containers}
-        model_server.stop()
-        judge_server.stop()
+        for server in [*servers.values(), judge_server]:
+            server.stop()
     assert {name: code for name, (code, _) in exits.items() if code != 0} == {}, exits
     responses = list(ledger.iter_facts(ev.Response))
     assert sorted((r.instruction_id, r.model_id) for r in responses) == sorted(
