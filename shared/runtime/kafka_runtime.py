@@ -341,14 +341,15 @@ class KafkaRuntime:
         return self._consumer.assignment() if self._consumer is not None else set()
 
     def _kafka_state(self) -> str:
+        """Ready means connected. A member without partitions is ready too: a group with more
+        members than partitions always has idle ones, and a rolling update's surge pod is one
+        until the old pod leaves (/info shows the assignment)."""
         if self._consumer is None:
             return "not started"
         client = self._consumer._client  # kafka-python exposes connection state only on its client
         brokers = client.cluster.brokers()
         if not brokers or not any(client.connected(b.nodeId) for b in brokers):
             return "no broker connection"
-        if not self._assignment():
-            return "no partitions assigned"
         return "ok"
 
     def _drain(self, timeout_s: float) -> None:

@@ -286,6 +286,44 @@ def test_probes_report_real_state_and_readiness_follows_the_broker(namespace, le
         stop_broker(cfg)
 
 
+def test_a_standby_member_without_partitions_is_ready_and_takes_over(
+    kafka_bootstrap, namespace, ledger_url, ledger, tmp_path
+):
+    """Two members of one group on the one-partition train topic, as during a Deployment's rolling
+    update: the member without a partition is healthy and Ready (a readiness that needed a partition
+    kept the surge pod unready, and `helm upgrade --wait` timed out), and it takes the partition
+    over when the holder stops."""
+    from shared.kafka_local import free_ports
+
+    ports = [free_ports() for _ in range(2)]
+    env = service_env(kafka_bootstrap, namespace, ledger_url, RECORDER_TOPICS=topics.TRAIN_REQUESTS.name)
+    members = [
+        start_process(RECORDER, {**env, "VLF_HTTP_PORT": str(port)}, tmp_path / f"log-{port}") for port in ports
+    ]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+
+    def assignments() -> list[list[str]]:
+        return [httpx.get(base + "/info", timeout=5).json()["assignment"] for base in bases]
+
+    try:
+        wait_until(lambda: all(_get(base + "/readyz") == 200 for base in bases), 60, "both members ready")
+        wait_until(lambda: sorted(map(len, assignments())) == [0, 1], 60, "one partition, one holder")
+        holder = next(i for i, assigned in enumerate(assignments()) if assigned)
+        standby = 1 - holder
+        assert _get(bases[standby] + "/readyz") == 200, httpx.get(bases[standby] + "/readyz").text
+        assert _stop(members[holder]) == 0
+        wait_until(
+            lambda: httpx.get(bases[standby] + "/info", timeout=5).json()["assignment"]
+            == [namespace + topics.TRAIN_REQUESTS.name + ":0"],
+            60,
+            "the standby to take the partition over",
+        )
+    finally:
+        for member in members:
+            if member.poll() is None:
+                _stop(member)
+
+
 def _get(url: str) -> int:
     try:
         return httpx.get(url, timeout=5).status_code
