@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the service images without a Docker daemon or a registry, and saves them as archives that
-# podman and containerd import (the single-node cluster test loads them into its containerd):
+# Builds the service images without a Docker daemon or a registry, into podman's storage (the
+# single-node cluster test streams them from there into its containerd with `podman save`):
 #   localhost/vlf-base:bookworm  Debian bookworm + python3, from Debian packages (mmdebstrap)
 #   localhost/vlf-pause:3.10     the pod sandbox image (docker/pause/build-pause.sh)
 #   localhost/vlf:cpu            docker/Dockerfile.cpu: every service, no torch
@@ -9,17 +9,17 @@
 # Users build the same Dockerfiles on the public base (`docker build -f docker/Dockerfile.cpu .`);
 # here BASE_IMAGE points at the Debian-built one.
 #
-# Cached: the base image (podman storage), each service image (skipped while the hash of its
-# inputs, in its vlf.inputs label, is unchanged), pip downloads (the host's pip cache is mounted
-# into the build), and one archive per image in ${VLF_IMAGE_CACHE} (<name>-<tag>.tar, re-saved
-# when the image id in <archive>.id changes). Prints the seconds each stage took.
+# Cached: the base image, each service image (skipped while the hash of its inputs, in its
+# vlf.inputs label, is unchanged) and pip downloads (the host's pip cache is mounted into the
+# build). Disk is the limit: building the 6.7 GB train image needs about three times its size free
+# (the container's layer, buildah's commit copy, the stored layer), so a stale image is removed
+# before its rebuild and the build refuses to start without the room. Prints each stage's seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE_CACHE="${VLF_IMAGE_CACHE:-${HOME}/.cache/vlf/images}"
 PIP_CACHE="${PIP_CACHE_DIR:-${HOME}/.cache/pip}"
 BASE_IMAGE="localhost/vlf-base:bookworm"
-mkdir -p "${IMAGE_CACHE}" "${PIP_CACHE}"
+mkdir -p "${PIP_CACHE}"
 
 for tool in buildah podman mmdebstrap runc; do
   command -v "${tool}" >/dev/null || {
@@ -65,32 +65,41 @@ inputs_hash() {
     | sha256sum | cut -c1-16
 }
 
-# build_service_image TAG EXTRAS: buildah bud of docker/Dockerfile.cpu unless the tag is current,
-# then its archive, re-saved when the image id changed. Replaced images are pruned at once: the
-# train image is 6.7 GB, and its builder stage as much again.
+# require_free_gib GIB TAG: stops the build with the figures when podman's storage (and buildah's
+# commit copy in /var/tmp) has less than GIB GiB free.
+require_free_gib() {
+  local need="$1" tag="$2" path free
+  for path in "$(podman info --format '{{.Store.GraphRoot}}')" /var/tmp; do
+    free=$(($(df --output=avail -k "${path}" | tail -1) / 1024 / 1024))
+    if [ "${free}" -lt "${need}" ]; then
+      echo "build-images: ${tag} needs about ${need} GiB free in ${path}; $(df -h --output=avail "${path}" | tail -1 | tr -d ' ') is free." >&2
+      echo "build-images: free some (podman system prune --all; rm -rf ~/.cache/vlf/containerd) and rerun." >&2
+      exit 1
+    fi
+  done
+}
+
+# build_service_image TAG EXTRAS NEED_GIB: buildah bud of docker/Dockerfile.cpu unless the tag is
+# current. The stale image goes first, so its gigabytes are free for the new one.
 build_service_image() {
-  local tag="$1" extras="$2" hash id archive
+  local tag="$1" extras="$2" need="$3" hash
   hash="$(inputs_hash "${extras}")"
   if [ "$(podman image inspect --format '{{index .Labels "vlf.inputs"}}' "${tag}" 2>/dev/null)" = "${hash}" ]; then
     echo "${tag}: current (inputs ${hash})"
   else
+    podman image rm --force "${tag}" >/dev/null 2>&1 || true
+    podman image prune --force >/dev/null
+    require_free_gib "${need}" "${tag}"
     buildah bud --quiet --isolation chroot --format docker "${host_mounts[@]}" \
       --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VLF_EXTRAS=${extras}" --label "vlf.inputs=${hash}" \
       -f docker/Dockerfile.cpu -t "${tag}" . >/dev/null
     podman image prune --force >/dev/null
   fi
-  id="$(podman image inspect --format '{{.Id}}' "${tag}")"
-  archive="${IMAGE_CACHE}/$(echo "${tag#localhost/}" | tr ':' '-').tar"
-  if [ "$(cat "${archive}.id" 2>/dev/null)" != "${id}" ]; then
-    rm -f "${archive}" "${archive}.id"
-    podman save --quiet --format docker-archive -o "${archive}.tmp" "${tag}"
-    mv "${archive}.tmp" "${archive}"
-    echo "${id}" >"${archive}.id"
-  fi
-  echo "${tag}: $(podman image inspect --format '{{.Size}}' "${tag}" | numfmt --to=iec) (${archive})"
+  echo "${tag}: $(podman image inspect --format '{{.Size}}' "${tag}" | numfmt --to=iec)"
 }
 
+df -h "$(podman info --format '{{.Store.GraphRoot}}')" | sed 's/^/build-images: /'
 stage "base image" build_base
 stage "pause image" bash docker/pause/build-pause.sh
-stage "localhost/vlf:cpu" build_service_image localhost/vlf:cpu postgres,kube
-stage "localhost/vlf:cpu-train" build_service_image localhost/vlf:cpu-train train,postgres,kube
+stage "localhost/vlf:cpu" build_service_image localhost/vlf:cpu postgres,kube 3
+stage "localhost/vlf:cpu-train" build_service_image localhost/vlf:cpu-train train,postgres,kube 20

@@ -2,16 +2,13 @@
 # Builds the pod sandbox ("pause") image locally, since no registry is reachable here: Kubernetes'
 # own build/pause/linux/pause.c (from the Go module cache, same release as the kubelet), linked
 # statically, alone in an image FROM scratch. containerd's CRI names it as sandbox_image.
-# Idempotent: skipped when the archive exists.
+# Idempotent: skipped when podman's storage holds the image.
 set -euo pipefail
 
 KUBERNETES_VERSION="v1.34.2"
 TAG="localhost/vlf-pause:3.10"
-IMAGE_CACHE="${VLF_IMAGE_CACHE:-${HOME}/.cache/vlf/images}"
-ARCHIVE="${IMAGE_CACHE}/vlf-pause-3.10.tar"
-mkdir -p "${IMAGE_CACHE}"
-if [ -f "${ARCHIVE}" ]; then
-  echo "${TAG}: present (${ARCHIVE})"
+if podman image exists "${TAG}"; then
+  echo "${TAG}: present"
   exit 0
 fi
 
@@ -25,6 +22,4 @@ buildah copy "${container}" "${work}/pause" /pause >/dev/null
 buildah config --entrypoint '["/pause"]' --user 65535:65535 "${container}"
 buildah commit --quiet --format docker "${container}" "${TAG}" >/dev/null
 buildah rm "${container}" >/dev/null
-podman save --quiet --format docker-archive -o "${ARCHIVE}.tmp" "${TAG}"
-mv "${ARCHIVE}.tmp" "${ARCHIVE}"
-echo "${TAG}: built (${ARCHIVE})"
+echo "${TAG}: built"

@@ -5,7 +5,9 @@ The Kubernetes binaries come from ``k8s/install-kubernetes.sh``; containerd, run
 plugins are Debian's (``tests/install-debian-packages.sh``). Two settings this machine needs:
 containerd's ``restrict_oom_score_adj`` (the processes here lack CAP_SYS_RESOURCE, so runc fails to
 raise a pod's OOM score) and a locally built pause image as ``sandbox_image`` (no registry). The
-image store lives in ``~/.cache/vlf/containerd`` so imported images survive between runs.
+images come from podman's storage (``make images``); containerd's store lives in the node's work
+folder and goes with it at teardown, since the train image takes 13 GB there (its layers and their
+unpacked snapshot) and is rebuilt whenever the code changes.
 
 Missing from a full cluster: kube-proxy and CoreDNS. Pods reach the host, and what runs there, on
 the bridge address ``Node.host_ip``; nothing routes Service ClusterIPs.
@@ -30,7 +32,6 @@ import yaml
 from shared.kafka_local import free_ports
 
 TOOLS_BIN = Path(os.environ.get("VLF_TOOLS_BIN", Path.home() / ".cache" / "vlf" / "tools" / "bin"))
-CONTAINERD_ROOT = Path(os.environ.get("VLF_CONTAINERD_ROOT", Path.home() / ".cache" / "vlf" / "containerd"))
 BRIDGE = "vlf0"
 HOST_IP = "10.244.0.1"
 POD_CIDR = "10.244.0.0/16"
@@ -196,7 +197,7 @@ def _write_containerd_config(work: Path) -> Path:
     config = work / "containerd.toml"
     config.write_text(
         f"""version = 2
-root = "{CONTAINERD_ROOT}"
+root = "{work / "containerd"}"
 state = "{work / "containerd-state"}"
 [grpc]
   address = "{work / "containerd.sock"}"
@@ -271,38 +272,23 @@ def _kubelet_config(work: Path, port: int) -> Path:
     return path
 
 
-def _image_digests(ctr: list[str]) -> dict[str, str]:
-    listed = subprocess.run([*ctr, "images", "list"], capture_output=True, text=True, check=True)
-    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
-    return {row[0]: row[2] for row in rows if len(row) > 2}
-
-
-def _import_images(ctr: list[str], archives: list[Path]) -> None:
-    """``ctr images import`` each archive, unless this image store already holds what it imported
-    from the same file (same size and mtime) with the same digests: a 7 GB archive takes minutes."""
-    stamps = CONTAINERD_ROOT / "vlf-imported"
-    stamps.mkdir(parents=True, exist_ok=True)
-    for archive in archives:
-        stamp, stat = stamps / f"{archive.name}.json", archive.stat()
-        source = {"path": str(archive), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        with suppress(OSError, ValueError, KeyError):
-            recorded = json.loads(stamp.read_text())
-            present = _image_digests(ctr)
-            if recorded["source"] == source and all(
-                present.get(ref) == digest for ref, digest in recorded["images"].items()
-            ):
-                continue
-        stamp.unlink(missing_ok=True)
-        before = _image_digests(ctr)
-        result = subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"ctr images import {archive} failed: {result.stderr}")
-        refs = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("unpacking ")]
-        after = _image_digests(ctr)
-        images = {ref: after[ref] for ref in refs if ref in after} or {
-            ref: digest for ref, digest in after.items() if before.get(ref) != digest
-        }
-        stamp.write_text(json.dumps({"source": source, "images": images}))
+def _import_images(ctr: list[str], images: list[str]) -> None:
+    """Streams each image from podman's storage into containerd (``podman save | ctr images
+    import -``): no archive on disk beside the two stores."""
+    missing = [i for i in images if subprocess.run(["podman", "image", "exists", i]).returncode != 0]
+    if missing:
+        pytest.fail(f"images not built: {missing}; run `make images` (docker/build-images.sh)", pytrace=False)
+    for image in images:
+        save = subprocess.Popen(
+            ["podman", "save", "--quiet", "--format", "docker-archive", image],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        imported = subprocess.run([*ctr, "images", "import", "-"], stdin=save.stdout, capture_output=True)
+        save.stdout.close()
+        saved_error = save.stderr.read().decode()
+        if save.wait() != 0 or imported.returncode != 0:
+            raise RuntimeError(f"importing {image} failed: {saved_error}{imported.stderr.decode()}")
 
 
 def _node_ready(node: Node) -> bool:
@@ -377,9 +363,10 @@ def _unmount_under(root: Path) -> None:
 
 
 @contextmanager
-def single_node(work: Path, image_archives: list[Path]) -> Iterator[Node]:
-    """Start the node, import the image archives into its containerd, yield once the node is Ready
-    and the default ServiceAccount exists; stop everything on exit."""
+def single_node(work: Path, images: list[str]) -> Iterator[Node]:
+    """Start the node, import ``images`` (and the pause image) from podman into its containerd,
+    yield once the node is Ready and the default ServiceAccount exists; stop and remove everything
+    on exit."""
     started = time.monotonic()
     binaries = {
         n: _binary(n)
@@ -409,7 +396,7 @@ def single_node(work: Path, image_archives: list[Path]) -> Iterator[Node]:
             processes,
             lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0,
         )
-        _import_images(ctr, image_archives)
+        _import_images(ctr, [SANDBOX_IMAGE, *images])
         processes.start(
             "etcd",
             [binaries["etcd"], "--name", "vlf", "--data-dir", str(work / "etcd"),
@@ -481,3 +468,4 @@ def single_node(work: Path, image_archives: list[Path]) -> Iterator[Node]:
         _release_networks(work, netns_before)
         processes.stop()
         _unmount_under(work)
+        shutil.rmtree(work / "containerd", ignore_errors=True)

@@ -38,8 +38,7 @@ from tests.integration.kafka_helpers import consume_all
 from tests.integration.pipeline_helpers import COLOURS, png
 from tests.postgres_server import postgres_server
 
-IMAGE_CACHE = Path(os.environ.get("VLF_IMAGE_CACHE", Path.home() / ".cache" / "vlf" / "images"))
-ARCHIVES = ("vlf-pause-3.10.tar", "vlf-cpu.tar", "vlf-cpu-train.tar")
+IMAGES = ("localhost/vlf:cpu", "localhost/vlf:cpu-train")
 TOOLS_BIN = Path(os.environ.get("VLF_TOOLS_BIN", Path.home() / ".cache" / "vlf" / "tools" / "bin"))
 NAMESPACE = "vlf"
 RELEASE = "vlf"
@@ -281,13 +280,9 @@ def model_calls(server: RunningServer) -> Counter:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    archives = [IMAGE_CACHE / name for name in ARCHIVES]
-    missing = [str(a) for a in archives if not a.is_file()]
-    if missing:
-        pytest.fail(f"image archives missing: {missing}; run `make images`", pytrace=False)
     work = tmp_path_factory.mktemp("cluster")
     work.chmod(0o755)
-    with single_node(work / "node", archives) as node:
+    with single_node(work / "node", list(IMAGES)) as node:
         for folder in ("blobs", "models", "checkpoints"):
             (work / folder).mkdir()
             os.chown(work / folder, IMAGE_UID, IMAGE_UID)

@@ -10,18 +10,14 @@ Uses the Debian base image (python3 only), so it needs no service image build.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.cluster.node import Node, single_node
 
-IMAGE_CACHE = Path(os.environ.get("VLF_IMAGE_CACHE", Path.home() / ".cache" / "vlf" / "images"))
 BASE_IMAGE = "localhost/vlf-base:bookworm"
 LOCKED_DOWN = {
     "runAsNonRoot": True,
@@ -42,28 +38,6 @@ print(urllib.request.urlopen(request, context=context, timeout=10).status)
 """
 
 
-def _archive(image: str) -> Path:
-    """``image`` saved from podman storage, re-saved only when its image id changed."""
-    found = subprocess.run(
-        ["podman", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True
-    )
-    if found.returncode != 0:
-        pytest.fail(f"{image} is not built: run `make images` (docker/build-images.sh)", pytrace=False)
-    archive = IMAGE_CACHE / (image.removeprefix("localhost/").replace(":", "-") + ".tar")
-    stamp = archive.with_name(archive.name + ".id")
-    if not archive.exists() or not stamp.exists() or stamp.read_text().strip() != found.stdout.strip():
-        IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
-        partial = archive.with_name(archive.name + ".tmp")
-        partial.unlink(missing_ok=True)
-        subprocess.run(
-            ["podman", "save", "--quiet", "--format", "docker-archive", "-o", str(partial), image],
-            check=True,
-        )
-        partial.rename(archive)
-        stamp.write_text(found.stdout)
-    return archive
-
-
 def _wait_for(what: str, condition: Callable[[], bool], node: Node, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -75,10 +49,7 @@ def _wait_for(what: str, condition: Callable[[], bool], node: Node, timeout_s: f
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    pause = IMAGE_CACHE / "vlf-pause-3.10.tar"
-    if not pause.exists():
-        pytest.fail(f"{pause} is missing: run `bash docker/pause/build-pause.sh`", pytrace=False)
-    with single_node(tmp_path_factory.mktemp("node"), [pause, _archive(BASE_IMAGE)]) as started:
+    with single_node(tmp_path_factory.mktemp("node"), [BASE_IMAGE]) as started:
         print(f"single node ready in {started.started_in_s:.1f}s")
         yield started
 
