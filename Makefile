@@ -27,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: setup tools images lint
-	$(PY) -m pytest -q -ra -m "not helm_install"
+	$(PY) -m pytest -q -ra
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

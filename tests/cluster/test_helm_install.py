@@ -312,8 +312,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             stop_broker(broker)
 
 
-@pytest.mark.helm_install
-@pytest.mark.timeout(1800)  # install, pipeline, pod deletion, a training Job, upgrade: ~10 min on 2 cores
+@pytest.mark.timeout(1800)  # node start (image import), install, pipeline, Job, upgrade: ~7 min on 2 cores
 def test_helm_install_runs_the_pipeline_on_a_real_node(cluster: Cluster, capsys):
     figures: dict[str, object] = {"node start (s)": round(cluster.node.started_in_s, 1)}
 
