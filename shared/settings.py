@@ -7,9 +7,10 @@ service's ``main()``, never at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,8 +21,47 @@ from pydantic_settings import (
 RECEIVE_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 
 
+class SettingsInvalid(ValueError):
+    """Settings failed validation. The message names each field and why, never the value given:
+    pydantic's own message repeats the input (every setting, the SASL password too) into the log."""
+
+
+def describe_invalid(settings_cls: type[BaseSettings], error: ValidationError) -> str:
+    """One line per refused field, without inputs, and where the values came from."""
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    lines = [
+        f"invalid {settings_cls.__name__} (environment {prefix}*, or the YAML file VLF_CONFIG_FILE names):"
+    ]
+    for problem in error.errors(include_input=False, include_url=False, include_context=False):
+        lines.append(f"  {'.'.join(map(str, problem['loc'])) or 'settings'}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def mask_url_password(value: str) -> str:
+    """``value`` with a URL's password replaced by ``***``, for showing settings: the ledger, blob
+    store or a backend URL may carry credentials (``postgresql://user:password@host/db``)."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:  # not a URL (e.g. an unbalanced '[')
+        return value
+    if not password:
+        return value
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
+
+
 class YamlOverlaySettings(BaseSettings):
-    """Base class: environment first, then the YAML file named by ``VLF_CONFIG_FILE`` (if any)."""
+    """Base class: environment first, then the YAML file named by ``VLF_CONFIG_FILE`` (if any).
+
+    A validation error is raised as ``SettingsInvalid``, whose message never shows a value.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise SettingsInvalid(describe_invalid(type(self), error)) from None
 
     @classmethod
     def settings_customise_sources(

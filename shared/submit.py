@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.blobs.images import ImagePolicy, load_image_source, validate_image
+from shared.blobs.images import ImagePolicy, load_valid_image
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.ids import instruction_id
@@ -84,8 +84,8 @@ def build_instruction(
     uris, digests = [], []
     for source in record.image_sources():
         is_url = "://" in source or source.startswith("data:")
-        data = load_image_source(source if is_url else str((base_dir / source).resolve()), policy)
-        info = validate_image(data, policy)
+        # Not resolved here: the loader resolves, and refuses a path it cannot (a NUL byte) with a reason.
+        data, info = load_valid_image(source if is_url else str(base_dir / source), policy)
         uris.append(blobs.put(data, suffix="." + info.format.lower()))
         digests.append(info.sha256)
     inst_id = record.id or instruction_id(digests, record.prompt)

@@ -16,9 +16,10 @@ Import decisions:
   model)``, the annotation id ``annotation_id(...)``, so a re-run inserts nothing new;
 - ratings stay raw: ``raw`` is the string as released, ``rating`` its number when it is one in
   1..5, else None (the pair rule then skips that answer);
-- a record whose image file is missing (or lies outside ``image_root``) is not imported, only
-  counted and named in the report: an instruction without its image would teach a model to answer
-  questions about a picture it cannot see, and since facts never change, importing it imageless
+- a record whose image file is missing, lies outside ``image_root`` or is not an image ``vlf
+  submit`` would accept (both use ``load_valid_image``) is not imported, only counted and named in
+  the report: an instruction without its image would teach a model to answer questions about a
+  picture it cannot see, and since facts never change, importing it imageless
   would block the complete record when the image turns up and the import is re-run;
 - a record that does not fit the contracts is counted and named, and the import carries on.
 """
@@ -45,7 +46,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.trainer.preference_data import TRAINING_FEATURES, preference_row
 from shared.backends.base import SamplingParams
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
-from shared.blobs.images import ImagePolicy, load_image_source
+from shared.blobs.images import ImagePolicy, load_valid_image
 from shared.blobs.store import BlobStore, blob_uri, parse_blob_uri
 from shared.contracts import events as ev
 from shared.contracts.ids import annotation_id, response_id, stable_hash
@@ -266,7 +267,7 @@ def _import_one(
     image_uris = []
     if img_path:
         try:
-            data = load_image_source(str(image_root / img_path), policy)
+            data, _ = load_valid_image(str(image_root / img_path), policy)  # the checks `vlf submit` makes
         except ImageSourceUnavailable:
             report.missing_images += 1
             report.note(f"{record_id}: no image file {img_path!r}")

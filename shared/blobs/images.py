@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageSequence, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.blobs.errors import ImageFetchFailed, ImageSourceRefused, ImageSourceUnavailable, InvalidImage
@@ -34,9 +34,10 @@ _DECODE_ERRORS = (
 class ImagePolicy(BaseModel):
     """Limits on image bytes and on where they may be loaded from.
 
-    Defaults: 20 MiB, 40 megapixels, PNG/JPEG/WEBP/GIF/BMP; remote fetch over https only and to no
-    host until hosts are listed; no private or loopback addresses; local files only under the
-    current working directory (at policy creation).
+    Defaults: 20 MiB, 40 megapixels a frame, 100 frames and 100 megapixels over all frames,
+    PNG/JPEG/WEBP/GIF/BMP; remote fetch over https only and to no host until hosts are listed; no
+    private or loopback addresses (nor IPv6 forms embedding one); local files only under the current
+    working directory (at policy creation).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -44,6 +45,10 @@ class ImagePolicy(BaseModel):
     # What an image may be
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest accepted image file.")
     max_pixels: int = Field(default=40_000_000, gt=0, description="Largest width*height, checked first.")
+    max_frames: int = Field(default=100, gt=0, description="Most frames of an animated image.")
+    max_total_pixels: int = Field(
+        default=100_000_000, gt=0, description="Largest width*height*frames: what decoding every frame costs."
+    )
     allowed_formats: frozenset[str] = Field(
         default=frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"}), description="Pillow format names."
     )
@@ -80,14 +85,16 @@ class ImageInfo(BaseModel):
 def validate_image(data: bytes, policy: ImagePolicy) -> ImageInfo:
     """Accept ``data`` only if it is a whole image within the policy; raise ``InvalidImage`` saying why.
 
-    Size and format come from the header before any pixel is decoded, so a small file declaring a
-    huge canvas is refused without allocating it.
+    Size, frame count and format come from the header before any pixel is decoded, so a small file
+    declaring a huge canvas, or thousands of frames each within the size limit, is refused without
+    decoding it.
     """
     if len(data) > policy.max_bytes:
         raise InvalidImage(f"image too large: {len(data)} bytes > {policy.max_bytes}")
     try:
         with Image.open(io.BytesIO(data)) as header:
             image_format, (width, height) = header.format, header.size
+            frames = getattr(header, "n_frames", 1)  # GIF counts by skipping frames, without decoding
     except Image.DecompressionBombError as error:
         raise InvalidImage(f"too many pixels: {error}") from error
     except _DECODE_ERRORS as error:
@@ -97,19 +104,38 @@ def validate_image(data: bytes, policy: ImagePolicy) -> ImageInfo:
         raise InvalidImage(f"image format {image_format} not allowed (allowed: {allowed})")
     if width * height > policy.max_pixels:
         raise InvalidImage(f"too many pixels: {width}x{height} > {policy.max_pixels}")
+    if frames > policy.max_frames:
+        raise InvalidImage(f"too many frames: {frames} > {policy.max_frames} (an animated image)")
+    if width * height * frames > policy.max_total_pixels:
+        raise InvalidImage(
+            f"too many pixels over all frames: {frames} frames of {width}x{height}"
+            f" > {policy.max_total_pixels}"
+        )
     _decode_fully(data)
     return ImageInfo(format=image_format, width=width, height=height, sha256=hashlib.sha256(data).hexdigest())
 
 
 def _decode_fully(data: bytes) -> None:
-    """Checksums (verify) and every pixel (load): a truncated or damaged file fails here, not in a model."""
+    """Checksums (verify) and every pixel of every frame (load): a truncated or damaged file fails
+    here, not in a model."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
+            for frame in ImageSequence.Iterator(image):
+                frame.load()
     except _DECODE_ERRORS as error:
         raise InvalidImage(f"undecodable image: {error}") from error
+
+
+def load_valid_image(source: str, policy: ImagePolicy) -> tuple[bytes, ImageInfo]:
+    """Bytes of ``source`` and what validation learned, or the error saying why it was refused.
+
+    The one intake every path that accepts a user's image goes through (``vlf submit``, ``vlf
+    import``), so none of them can skip a check the others make.
+    """
+    data = load_image_source(source, policy)
+    return data, validate_image(data, policy)
 
 
 # ---------------------------------------------------------------- sources
@@ -195,10 +221,28 @@ def _resolve_public_address(host: str, port: int, policy: ImagePolicy) -> str:
         raise ImageFetchFailed(f"cannot resolve image host {host!r}: {error}") from error
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not policy.allow_private_addresses:
-        internal = [str(address) for address in addresses if not address.is_global]
+        internal = [str(address) for address in addresses if not _is_public(address)]
         if internal:
             raise ImageSourceRefused(f"host {host!r} resolves to non-public addresses {internal}")
     return str(addresses[0])
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global, and so is any IPv4 address it carries: a NAT64 gateway, a 6to4 relay or the host's own
+    dual stack delivers ``64:ff9b::a9fe:a9fe``, ``2002:a00:1::``, ``::7f00:1`` or ``::ffff:a00:1``
+    to the IPv4 address inside (here 169.254.169.254, 10.0.0.1, 127.0.0.1, 10.0.0.1)."""
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    embedded = address.ipv4_mapped or address.sixtofour
+    if embedded is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return embedded is None or embedded.is_global
 
 
 def _pin_address(source: str, address: str) -> str:

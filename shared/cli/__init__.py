@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -35,7 +36,8 @@ err = Console(stderr=True)
 
 
 def fail(message: str, hint: str) -> None:
-    err.print(f"[bold red]error:[/] {message}\n[dim]hint: {hint}[/]")
+    """Print ``message`` (it may quote user data, so as text, never as markup) and exit 2."""
+    err.print(f"[bold red]error:[/] {escape(message)}\n[dim]hint: {escape(hint)}[/]")
     raise typer.Exit(2)
 
 
@@ -93,8 +95,8 @@ def submit(
     console.print(
         f"published {len(outcome.published)} instructions to {settings.topic_namespace}vlf.instructions.v1"
     )
-    for item in outcome.refused:
-        console.print(f"[yellow]refused[/] {item.where}: {item.reason}")
+    for item in outcome.refused:  # where and reason quote the user's file: text, not markup
+        console.print(f"[yellow]refused[/] {escape(item.where)}: {escape(item.reason)}")
     if outcome.refused and not outcome.published:
         raise typer.Exit(1)
 
@@ -133,7 +135,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
     for job in report.jobs:
         console.print(
-            f"job {job['id']} ({job['kind']}): {job['status']} step={job['step']} {job['error'] or ''}"
+            escape(
+                f"job {job['id']} ({job['kind']}): {job['status']} step={job['step']} {job['error'] or ''}"
+            )
         )
 
 

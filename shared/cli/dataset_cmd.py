@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from shared.blobs.store import BlobStore
 from shared.ledger import Ledger
@@ -52,7 +53,7 @@ def import_command(
     new_pairs = backfill_pairs(ledger, pair_settings)
     console.print(f"{new_pairs} new preference pairs (strategy {pair_settings.strategy})")
     for problem in report.problems:
-        console.print(f"[yellow]problem[/] {problem}")
+        console.print(f"[yellow]problem[/] {escape(problem)}")  # quotes the user's file
     if report.invalid_records or report.missing_images:
         raise typer.Exit(1)
 

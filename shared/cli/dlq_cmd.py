@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from kafka.errors import KafkaError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared import dlq_tools
@@ -22,7 +23,7 @@ TopicArg = Annotated[str, typer.Argument(help="Source topic (e.g. vlf.instructio
 
 
 def _fail(message: str, hint: str) -> None:
-    err.print(f"[bold red]error:[/] {message}\n[dim]hint: {hint}[/]")
+    err.print(f"[bold red]error:[/] {escape(message)}\n[dim]hint: {escape(hint)}[/]")
     raise typer.Exit(2)
 
 
@@ -49,7 +50,7 @@ def show(
         table.add_column(column, overflow="fold")
     for letter in letters:
         details = letter.details
-        table.add_row(
+        cells = (
             f"{letter.partition}:{letter.offset}",
             letter.error_class,
             details.get("attempts", ""),
@@ -58,6 +59,7 @@ def show(
             details.get("error.message", ""),
             letter.payload_preview,
         )
+        table.add_row(*map(escape, cells))  # a letter's headers and payload are event data, not markup
     console.print(table)
 
 
@@ -83,7 +85,7 @@ def replay(
         )
     verb = "would replay" if outcome.dry_run else "replayed"
     for letter in outcome.replayed:
-        console.print(f"{verb} {letter.partition}:{letter.offset} ({letter.error_class})")
+        console.print(escape(f"{verb} {letter.partition}:{letter.offset} ({letter.error_class})"))
     console.print(
         f"{verb} {len(outcome.replayed)} letters to {settings.topic_namespace}"
         f"{dlq_tools.source_spec(topic).name}; {outcome.skipped_by_filter} left by the filter"

@@ -31,7 +31,8 @@ RuntimeDep = Annotated[Probed, Depends(_runtime)]
 
 
 def create_app(runtime: Probed, *, settings_view: dict | None = None, title: str = "vlf service") -> FastAPI:
-    """``settings_view`` is shown on /info and must already have secrets masked (pydantic SecretStr does)."""
+    """``settings_view`` is shown on /info and must already have secrets masked
+    (``shared.runtime.service.settings_view`` masks SecretStr fields and URL passwords)."""
     app = FastAPI(title=title, version=shared.__version__)
     app.state.runtime = runtime
 

@@ -15,16 +15,19 @@ from pydantic_settings import BaseSettings
 from shared.http.app import create_app
 from shared.logs import configure_logging
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, mask_url_password
 
 log = logging.getLogger(__name__)
 
 
 def settings_view(*all_settings: BaseSettings) -> dict:
-    """Settings for /info; SecretStr fields dump as '**********'."""
+    """Settings for /info: SecretStr fields dump as '**********' and a URL's password as '***' (the
+    ledger URL is a plain string that holds the database password in a cluster)."""
     view: dict = {}
     for s in all_settings:
-        view.update({k: str(v) if v is not None else None for k, v in s.model_dump().items()})
+        view.update(
+            {k: mask_url_password(str(v)) if v is not None else None for k, v in s.model_dump().items()}
+        )
     return view
 
 
