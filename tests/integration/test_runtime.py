@@ -298,7 +298,8 @@ def test_a_standby_member_without_partitions_is_ready_and_takes_over(
     ports = [free_ports() for _ in range(2)]
     env = service_env(kafka_bootstrap, namespace, ledger_url, RECORDER_TOPICS=topics.TRAIN_REQUESTS.name)
     members = [
-        start_process(RECORDER, {**env, "VLF_HTTP_PORT": str(port)}, tmp_path / f"log-{port}") for port in ports
+        start_process(RECORDER, {**env, "VLF_HTTP_PORT": str(port)}, tmp_path / f"log-{port}")
+        for port in ports
     ]
     bases = [f"http://127.0.0.1:{port}" for port in ports]
 
@@ -313,8 +314,10 @@ def test_a_standby_member_without_partitions_is_ready_and_takes_over(
         assert _get(bases[standby] + "/readyz") == 200, httpx.get(bases[standby] + "/readyz").text
         assert _stop(members[holder]) == 0
         wait_until(
-            lambda: httpx.get(bases[standby] + "/info", timeout=5).json()["assignment"]
-            == [namespace + topics.TRAIN_REQUESTS.name + ":0"],
+            lambda: (
+                httpx.get(bases[standby] + "/info", timeout=5).json()["assignment"]
+                == [namespace + topics.TRAIN_REQUESTS.name + ":0"]
+            ),
             60,
             "the standby to take the partition over",
         )

@@ -56,7 +56,8 @@ def test_the_cpu_image_is_built_in_one_stage_from_a_bind_mounted_source() -> Non
     a build needs, and CI ran out of it."""
     text = (REPO / "docker" / "Dockerfile.cpu").read_text()
     assert len(re.findall(r"^FROM ", text, flags=re.MULTILINE)) == 1
-    assert "--mount=type=bind,target=/context" in text and "--mount=type=cache,target=/root/.cache/pip" in text
+    assert "--mount=type=bind,target=/context" in text
+    assert "--mount=type=cache,target=/root/.cache/pip" in text
     assert "rm -rf /tmp/vlf-src" in text
 
 
