@@ -195,18 +195,23 @@ def test_an_ipv6_address_embedding_a_private_ipv4_is_refused(literal):
 # ---------------------------------------------------------------- 5. rich markup in user data
 
 
-def test_vlf_submit_prints_a_refusal_reason_holding_markup_as_text(cli_env):
+def _submit_one_good_and(cli_env, bad: dict, bad_first: bool = False) -> str:
+    """``vlf submit`` of a batch holding one good line and ``bad``: the good one must be published."""
     (cli_env / "ok.png").write_bytes(png())
-    batch = write_lines(
-        cli_env / "batch.jsonl",
-        [{"prompt": "What is it?", "image": "ok.png"}, {"prompt": "Which?", "image": "evil[/]x[bold].png"}],
-    )
+    good = {"prompt": "What is it?", "image": "ok.png"}
+    batch = write_lines(cli_env / "batch.jsonl", [bad, good] if bad_first else [good, bad])
 
     result = CliRunner().invoke(vlf, ["submit", str(batch)])
 
     assert result.exception is None, result.output
     assert "published 1 instructions" in result.output
-    assert "batch.jsonl:2" in result.output and "evil[/]x[bold].png" in result.output
+    return result.output
+
+
+def test_vlf_submit_prints_a_refusal_reason_holding_markup_as_text(cli_env):
+    output = _submit_one_good_and(cli_env, {"prompt": "Which?", "image": "evil[/]x[bold].png"})
+
+    assert "batch.jsonl:2" in output and "evil[/]x[bold].png" in output
 
 
 def test_vlf_dlq_show_prints_a_dead_letter_holding_markup_as_text(cli_env, monkeypatch):
@@ -231,15 +236,7 @@ def test_vlf_dlq_show_prints_a_dead_letter_holding_markup_as_text(cli_env, monke
 
 
 def test_a_nul_byte_in_a_submitted_path_refuses_that_line_only(cli_env):
-    (cli_env / "ok.png").write_bytes(png())
-    batch = write_lines(
-        cli_env / "batch.jsonl",
-        [{"prompt": "Which?", "image": "ok\x00.png"}, {"prompt": "What is it?", "image": "ok.png"}],
-    )
+    output = _submit_one_good_and(cli_env, {"prompt": "Which?", "image": "ok\x00.png"}, bad_first=True)
 
-    result = CliRunner().invoke(vlf, ["submit", str(batch)])
-
-    assert result.exception is None, result.output
-    assert "published 1 instructions" in result.output
-    assert "refused batch.jsonl:1" in result.output and "unusable image path" in result.output
+    assert "refused batch.jsonl:1" in output and "unusable image path" in output
     assert len(RecordingPublisher.published) == 1
