@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.ledger import Ledger
+from shared.paths import PathEscapeError, within
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,13 @@ class LocalProcessLauncher:
     _processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, job_id: str, attempt: int) -> None:
+        """Start a run logging to ``<log_dir>/<job_id>.log``; an id that would log elsewhere fails the job."""
+        try:
+            log_path = within(self.log_dir, f"{job_id}.log")
+        except PathEscapeError as exc:
+            raise UnlaunchableJob(str(exc)) from exc
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_dir / f"{job_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
         self._processes[job_id] = subprocess.Popen(
             [sys.executable, "-m", self.module, "--job-id", job_id],
             stdout=log_file,

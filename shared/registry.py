@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.backends.base import SamplingParams
+from shared.contracts.events import SAFE_ID_PATTERN
 
 BackendKind = Literal["openai", "transformers", "vllm"]
 
@@ -20,7 +21,7 @@ BackendKind = Literal["openai", "transformers", "vllm"]
 class _Entry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Also names the consumer group.")
+    id: str = Field(pattern=SAFE_ID_PATTERN, description="Also names the consumer group.")
     backend: BackendKind
     model: str = Field(description="Served model name, hub id or local path.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (backend: openai).")
@@ -89,7 +90,7 @@ class JudgeEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    id: str = Field(pattern=SAFE_ID_PATTERN)
     kind: Literal["ai", "verifiable"] = "ai"
     backend: BackendKind = "openai"
     model: str = ""

@@ -55,7 +55,7 @@ def main() -> None:
     settings = EvaluatorSettings()
     ledger = Ledger(common.ledger_url)
     ledger.migrate()
-    ctx = EvaluatorContext(ledger=ledger, settings=settings)
+    ctx = EvaluatorContext(ledger=ledger, settings=settings, registry_path=common.registry_path)
     definition = ServiceDefinition(
         name="evaluator",
         group_id="vlf-evaluator",

@@ -15,6 +15,7 @@ from shared.contracts import events as ev
 from shared.contracts.ids import eval_result_id, stable_hash
 from shared.errors import PermanentError
 from shared.ledger import Ledger
+from shared.registry import ModelEntry, Registry
 
 EVAL_JOB_KIND = "eval"
 FILE_SCHEME = "file://"
@@ -31,10 +32,29 @@ class MissingCheckpointError(PermanentError):
     """A checkpoint or adapter is not on this machine's disk; waiting will not bring it."""
 
 
+class UnknownEndpointError(PermanentError):
+    """An eval request names a model id the operator's registry does not have."""
+
+
 @dataclass(frozen=True)
 class EvaluatorContext:
     ledger: Ledger
     settings: EvaluatorSettings
+    registry_path: Path | None = None  # None: no registry, so a request for an endpoint is refused
+
+
+def endpoint_entry(registry_path: Path | None, endpoint_id: str) -> ModelEntry:
+    """The registry model that answers for ``endpoint_id``. Its URL and API key are the operator's:
+    an event only picks among the endpoints configured, so it cannot send the key anywhere else."""
+    if registry_path is None or not registry_path.is_file():
+        raise UnknownEndpointError(
+            f"eval request for endpoint {endpoint_id!r}, but this evaluator has no registry "
+            f"(looked for {registry_path}; set VLF_REGISTRY_PATH)"
+        )
+    try:
+        return Registry.load(registry_path).model(endpoint_id)
+    except KeyError as exc:
+        raise UnknownEndpointError(f"eval request for an unknown endpoint: {exc.args[0]}") from None
 
 
 def local_path(uri: str) -> Path:
@@ -90,7 +110,8 @@ def checkpoint_requests(checkpoint: ev.Checkpoint, benchmarks: list[str]) -> lis
     return requests
 
 
-def check_request(request: ev.EvalRequest) -> None:
+def check_request(request: ev.EvalRequest, registry_path: Path | None = None) -> None:
+    """Refuse, with the reason, a request that no run could serve, before it is queued."""
     unknown = sorted(set(request.benchmarks) - set(KNOWN_BENCHMARKS))
     if unknown:
         raise UnknownBenchmarkError(
@@ -98,6 +119,8 @@ def check_request(request: ev.EvalRequest) -> None:
         )
     if request.model.adapter_uri is not None:
         require_local(request.model.adapter_uri, "adapter_uri")
+    if request.model.endpoint_id is not None:
+        endpoint_entry(registry_path, request.model.endpoint_id)
 
 
 def queue_job(ledger: Ledger, request: ev.EvalRequest) -> bool:
@@ -112,7 +135,7 @@ def handle_checkpoint(event: ev.Checkpoint, ctx: EvaluatorContext) -> list[ev.Ev
 
 
 def handle_eval_request(event: ev.EvalRequest, ctx: EvaluatorContext) -> list[ev.Event]:
-    check_request(event)
+    check_request(event, ctx.registry_path)
     queue_job(ctx.ledger, event)
     return []
 

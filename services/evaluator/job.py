@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.evaluator.errors import BenchmarkFormatError
 from services.evaluator.greedy import load_greedy_items, run_greedy_accuracy
-from services.evaluator.handler import local_path, require_local
+from services.evaluator.handler import endpoint_entry, local_path, require_local
 from services.evaluator.ledger_cache import LedgerPredictionCache
 from services.evaluator.mme import run_mme
 from services.evaluator.mmhal import load_judge_template, load_mmhal, run_mmhal
@@ -29,6 +29,7 @@ from shared.contracts.ids import eval_result_id, stable_hash
 from shared.errors import PermanentError
 from shared.ledger import Ledger
 from shared.logs import configure_logging
+from shared.paths import within
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
@@ -70,22 +71,21 @@ def model_key(model: ev.ModelRef, params: SamplingParams) -> str:
         "eval-answers",
         model.base_model,
         model.adapter_uri,
-        model.base_url,
+        model.endpoint_id,
         model.checkpoint_id,
         params.model_dump(mode="json"),
     )
 
 
-def build_answer_backend(model: ev.ModelRef, settings: EvaluatorSettings) -> Backend:
-    if model.base_url is not None:
-        from shared.backends.openai_http import OpenAIHttpBackend, resolve_api_key
+def build_answer_backend(
+    model: ev.ModelRef, settings: EvaluatorSettings, registry_path: Path | None
+) -> Backend:
+    """The evaluated model: the registry's entry for an endpoint id (its URL and key, never the
+    event's), else the local weights."""
+    if model.endpoint_id is not None:
+        from shared.backends.build import build_backend
 
-        return OpenAIHttpBackend(
-            model=model.base_model,
-            base_url=model.base_url,
-            api_key=resolve_api_key(settings.endpoint_api_key_env, None),
-            concurrency=settings.batch_size,
-        )
+        return build_backend(endpoint_entry(registry_path, model.endpoint_id))
     from shared.backends.transformers_local import TransformersBackend
 
     adapter = str(local_path(model.adapter_uri)) if model.adapter_uri else None
@@ -98,15 +98,16 @@ class Answerer:
     """The evaluated model as ``[(image, prompt)] -> [answer]``, loaded on first use, so a run whose
     answers are all cached never loads the model."""
 
-    def __init__(self, model: ev.ModelRef, settings: EvaluatorSettings) -> None:
+    def __init__(self, model: ev.ModelRef, settings: EvaluatorSettings, registry_path: Path | None) -> None:
         self._model = model
         self._settings = settings
+        self._registry_path = registry_path
         self._params = answer_params(settings)
         self._backend: Backend | None = None
 
     def __call__(self, batch: list[tuple[bytes, str]]) -> list[str]:
         if self._backend is None:
-            self._backend = build_answer_backend(self._model, self._settings)
+            self._backend = build_answer_backend(self._model, self._settings, self._registry_path)
         requests = [
             GenerationRequest(
                 messages=[ChatMessage(role="user", text=prompt)], images=[image], params=self._params
@@ -137,7 +138,7 @@ def text_judge(backend: Backend, max_tokens: int) -> Callable[[list[str]], list[
 
 def run_mme_benchmark(request: ev.EvalRequest, answerer: Answerer, ctx: JobContext) -> Metrics:
     settings = ctx.settings
-    results_dir = settings.job_log_dir / request.eval_id / "mme_results"
+    results_dir = within(settings.job_log_dir, request.eval_id, "mme_results")
     scores = run_mme(
         settings.mme_root,
         answerer,
@@ -167,7 +168,7 @@ def run_mmhal_benchmark(request: ev.EvalRequest, answerer: Answerer, ctx: JobCon
     items = load_mmhal(settings.mmhal_path, settings.mmhal_images)
     judge_entry = Registry.load(ctx.registry_path).judge(settings.mmhal_judge_id)
     template = load_judge_template(settings.mmhal_judge_template) if settings.mmhal_judge_template else None
-    response_path = settings.job_log_dir / request.eval_id / "mmhal_responses.json"
+    response_path = within(settings.job_log_dir, request.eval_id, "mmhal_responses.json")
     judge_backend = build_backend(judge_entry)
     try:
         scores = run_mmhal(
@@ -197,7 +198,7 @@ def run_preference_accuracy(request: ev.EvalRequest, answerer: Answerer, ctx: Jo
     from services.trainer.implicit_reward import preference_accuracy
 
     model = request.model
-    if model.base_url is not None:
+    if model.endpoint_id is not None:
         raise UnsupportedModelError("preference_accuracy needs local weights (log-probs), not an endpoint")
     reference = request.reference_model or (model.base_model if model.adapter_uri else None)
     if reference is None:
@@ -276,7 +277,7 @@ def run_job(job_id: str, ctx: JobContext) -> str:
     request = ev.EvalRequest.model_validate(row.request)
     ctx.ledger.update_job(job_id, status="running")
     done = {r.benchmark: r for r in ctx.ledger.iter_facts(ev.EvalResult, eval_id=request.eval_id)}
-    answerer = Answerer(request.model, ctx.settings)
+    answerer = Answerer(request.model, ctx.settings, ctx.registry_path)
     try:
         for benchmark in request.benchmarks:
             if benchmark in done:

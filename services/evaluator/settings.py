@@ -66,9 +66,6 @@ class EvaluatorSettings(YamlOverlaySettings):
     # --- generation ---
     batch_size: int = Field(8, ge=1, description="Items per generation or log-prob batch.")
     max_new_tokens: int = Field(128, ge=1, description="Longest greedy answer, in tokens.")
-    endpoint_api_key_env: str | None = Field(
-        None, description="Environment variable with the API key of an evaluated OpenAI-compatible endpoint."
-    )
 
     # --- jobs ---
     max_attempts: int = Field(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
+from collections.abc import Mapping
 
 from services.trainer.dataset import pair_records, select_pairs
 from services.trainer.settings import TrainerSettings
@@ -20,6 +22,7 @@ from shared.contracts import events as ev
 from shared.contracts.ids import checkpoint_id
 from shared.ledger import Ledger
 from shared.logs import configure_logging
+from shared.paths import PathEscapeError, within
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
 
@@ -29,6 +32,21 @@ PROGRESS_EVERY_S = 2.0
 
 class JobFailed(Exception):
     """A failure that retrying cannot fix; its message is published as the reason."""
+
+
+def finite_metrics(values: Mapping[str, object]) -> dict[str, float]:
+    """The numeric metrics that are finite. A diverged run's NaN or inf loss has no JSON form, and
+    the contracts refuse it, so it is left out (and logged) rather than failing the checkpoint."""
+    numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+    dropped = sorted(k for k, v in numbers.items() if not math.isfinite(v))
+    if dropped:
+        log.warning("non-finite metrics left out of the checkpoint: %s", dropped)
+    return {k: v for k, v in numbers.items() if math.isfinite(v)}
+
+
+def finite_or_none(values: Mapping[str, object]) -> dict[str, object]:
+    """A progress update with NaN or inf (a diverged loss) reported as unknown (None)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
 
 def dpo_config(request: ev.TrainRequest, settings: TrainerSettings):  # noqa: ANN201 - imports torch lazily
@@ -114,13 +132,18 @@ def train(
 
     def on_progress(update) -> None:  # noqa: ANN001
         nonlocal last_sent
-        progress = ev.TrainProgress(job_id=request.job_id, status="running", **update.model_dump())
+        progress = ev.TrainProgress(
+            job_id=request.job_id, status="running", **finite_or_none(update.model_dump())
+        )
         ledger.update_job(request.job_id, progress=progress.model_dump(mode="json"))
         if time.monotonic() - last_sent >= PROGRESS_EVERY_S or update.step == update.total_steps:
             publisher.publish([progress])
             last_sent = time.monotonic()
 
-    output_dir = settings.checkpoint_dir / request.job_id
+    try:
+        output_dir = within(settings.checkpoint_dir, request.job_id)
+    except PathEscapeError as exc:
+        raise JobFailed(str(exc)) from exc
     try:
         outcome = dpo_train(pair_records(pairs, blobs), config, output_dir, on_progress)
     except OSError as exc:
@@ -138,7 +161,7 @@ def train(
             ) from exc
         raise
     uri = outcome.artifact_dir.resolve().as_uri()
-    metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, int | float)}
+    metrics = finite_metrics(outcome.metrics)
     return ev.Checkpoint(
         checkpoint_id=checkpoint_id(request.job_id, uri),
         job_id=request.job_id,

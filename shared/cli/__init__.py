@@ -204,8 +204,9 @@ def evaluate(
     benchmark: Annotated[list[str], typer.Option(help="mme, mmhal, preference_accuracy, greedy_accuracy.")],
     name: Annotated[str, typer.Option(help="Label in reports.")] = "model",
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder to apply.")] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint serving the model.")
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="Registry id of the model serving it (the registry holds its URL and key)."),
     ] = None,
 ) -> None:
     """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1."""
@@ -217,7 +218,7 @@ def evaluate(
 
     request = ev.EvalRequest(
         eval_id=f"eval-{int(time.time())}-{uuid.uuid4().hex[:6]}",
-        model=ev.ModelRef(name=name, base_model=base_model, adapter_uri=adapter, base_url=base_url),
+        model=ev.ModelRef(name=name, base_model=base_model, adapter_uri=adapter, endpoint_id=endpoint),
         benchmarks=benchmark,
     )
     with EventPublisher(CommonSettings()) as publisher:

@@ -17,6 +17,12 @@ def encode(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
+def _refuse_non_finite(literal: str) -> float:
+    """``json.loads`` accepts NaN and Infinity, which are not JSON: refuse them anywhere in a payload,
+    untyped fields included, so none is passed on (pydantic would re-encode it as ``null``)."""
+    raise ValueError(f"{literal} is not a JSON number (non-finite floats are refused)")
+
+
 def decode(spec: TopicSpec, data: bytes | None) -> Event:
     """Parse one message of ``spec``'s topic, checking size, JSON, schema version and fields."""
     if data is None:
@@ -24,7 +30,7 @@ def decode(spec: TopicSpec, data: bytes | None) -> Event:
     if len(data) > MAX_MESSAGE_BYTES:
         raise ContractError(f"payload of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     try:
-        raw = json.loads(data)
+        raw = json.loads(data, parse_constant=_refuse_non_finite)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ContractError(f"invalid JSON: {exc}") from None
     except RecursionError:

@@ -3,21 +3,41 @@
 Every model is frozen and forbids unknown fields, so a producer's typo is a contract error at the
 consumer (and lands in the DLQ) instead of silently lost data. ``schema_version`` is checked on
 decode; bump it only with a compatible reader.
+
+Anyone who can write to a topic chooses every field, so the contracts also refuse what would hurt a
+consumer further on: ids that would become paths (``SafeId``), strings longer than the ledger column
+they land in (``LedgerKey`` and the ``max_length`` bounds), and NaN or infinite floats (which JSON
+cannot carry and would reach the next consumer as ``null``). No event says where a request or an API
+key goes: endpoints and keys come only from the operator's registry.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 from shared.backends.base import SamplingParams
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+# --- bounded strings ----------------------------------------------------------------------------
+
+LEDGER_KEY_CHARS = 128  # the ledger's String(128) id columns
+LEDGER_NAME_CHARS = 64  # its String(64) columns (pair strategy, benchmark)
+SAFE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+# An id the ledger keys a row by: longer would fail the insert on PostgreSQL (an unclassified crash).
+LedgerKey = Annotated[str, StringConstraints(min_length=1, max_length=LEDGER_KEY_CHARS)]
+# An id that names a file or folder, a Kubernetes object or a consumer group (jobs, evals, registry
+# entries): lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63
+# characters (a Kubernetes label value). It can never be absolute, '..', or hold a path separator.
+SafeId = Annotated[str, StringConstraints(pattern=SAFE_ID_PATTERN, max_length=63)]
 
 
 class Aspect(StrEnum):
@@ -29,7 +49,8 @@ class Aspect(StrEnum):
 
 
 class Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: NaN and inf are refused where they are made, not re-encoded as null.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Event(Contract):
@@ -42,7 +63,7 @@ class Event(Contract):
 class Instruction(Event):
     """One multimodal instruction. Images live in the blob store; the event carries their URIs."""
 
-    instruction_id: str = Field(min_length=8, max_length=128)
+    instruction_id: str = Field(min_length=8, max_length=LEDGER_KEY_CHARS)
     prompt: str = Field(min_length=1, max_length=32_000)
     image_uris: list[str] = Field(default_factory=list, max_length=8, description="Blob URIs (sha256:<hex>).")
     models: list[str] = Field(
@@ -51,7 +72,9 @@ class Instruction(Event):
         "from the registry by rendezvous hashing.",
     )
     samples_per_model: int = Field(1, ge=1, le=16)
-    source: str = Field("", description="Dataset the instruction came from (e.g. LLaVA, SVIT).")
+    source: str = Field(
+        "", max_length=LEDGER_KEY_CHARS, description="Dataset the instruction came from (e.g. LLaVA, SVIT)."
+    )
     reference: str | None = Field(None, description="Reference answer, when the source has one.")
     metadata: dict[str, str] = Field(default_factory=dict)
     submitted_at: datetime = Field(default_factory=utc_now)
@@ -63,9 +86,9 @@ class Instruction(Event):
 class Response(Event):
     """One model's answer to one instruction (the instruction travels along, so consumers need no join)."""
 
-    response_id: str
+    response_id: LedgerKey
     instruction: Instruction
-    model_id: str
+    model_id: LedgerKey
     sample_index: int = Field(0, ge=0)
     sampling: SamplingParams
     text: str
@@ -116,9 +139,9 @@ class JudgeUsage(Contract):
 class Annotation(Event):
     """One judge's ratings of every answer an instruction got (the paper's "all in one" call)."""
 
-    annotation_id: str
+    annotation_id: LedgerKey
     instruction: Instruction
-    judge_id: str
+    judge_id: LedgerKey
     mode: Literal["all_in_one", "per_aspect", "verifiable"]
     rated: list[RatedResponse]
     missing_model_ids: list[str] = Field(
@@ -146,14 +169,14 @@ class PairSide(Contract):
 
 
 class Pair(Event):
-    pair_id: str
-    instruction_id: str
+    pair_id: LedgerKey
+    instruction_id: LedgerKey
     prompt: str
     image_uris: list[str]
     chosen: PairSide
     rejected: PairSide
     margin: float = Field(ge=0)
-    strategy: str
+    strategy: str = Field(max_length=LEDGER_NAME_CHARS)
     judge_ids: list[str]
     split: Literal["train", "heldout"]
     created_at: datetime = Field(default_factory=utc_now)
@@ -168,7 +191,7 @@ class DatasetSelector(Contract):
         description="Pairs made from exactly these judges' ratings (averaged when several); empty: "
         "pairs from every judge.",
     )
-    strategy: str = "vlfeedback"
+    strategy: str = Field("vlfeedback", max_length=LEDGER_NAME_CHARS)
     min_margin: float = Field(0.0, ge=0)
     split: Literal["train", "heldout"] = "train"
     max_pairs: int | None = Field(None, ge=1)
@@ -201,7 +224,7 @@ class TrainHyperparams(Contract):
 
 
 class TrainRequest(Event):
-    job_id: str = Field(min_length=1, max_length=128)
+    job_id: SafeId = Field(description="Names the job's checkpoint folder, log file and Kubernetes Job.")
     base_model: str = Field(description="Hub id or local path of an image-text-to-text model.")
     dataset: DatasetSelector = DatasetSelector()
     use_lora: bool = True
@@ -216,7 +239,7 @@ JobStatus = Literal["queued", "running", "completed", "failed"]
 
 
 class TrainProgress(Event):
-    job_id: str
+    job_id: SafeId
     status: JobStatus
     step: int = 0
     total_steps: int = 0
@@ -231,8 +254,8 @@ class TrainProgress(Event):
 
 
 class Checkpoint(Event):
-    checkpoint_id: str
-    job_id: str
+    checkpoint_id: LedgerKey
+    job_id: SafeId
     base_model: str = Field(min_length=1)  # an adapter's base, and the model a checkpoint is compared with
     artifact_uri: str
     kind: Literal["adapter", "merged", "full"]
@@ -244,13 +267,30 @@ class Checkpoint(Event):
 
 
 class ModelRef(Contract):
-    """What to evaluate: a local/hub model (optionally with an adapter) or an OpenAI-compatible endpoint."""
+    """What to evaluate: a local/hub model (optionally with an adapter) or a model of the registry.
+
+    A served model is named by its registry id, never by a URL: the evaluator sends its API key to
+    the endpoint the operator configured for that id, so no event can send the key elsewhere.
+    """
 
     name: str = Field(description="Label in reports, e.g. 'base' or 'tuned'.")
     base_model: str = ""
     adapter_uri: str | None = None
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint serving `base_model`.")
+    endpoint_id: SafeId | None = Field(
+        None,
+        description="Id of the registry model that answers (its endpoint and key are the registry's); "
+        "None: load `base_model` locally.",
+    )
     checkpoint_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_null_base_url(cls, data: object) -> object:
+        """Ledgers written before ``endpoint_id`` hold ``"base_url": null`` for every local model;
+        they stay readable. A URL in that field is still refused (extra field) like any other."""
+        if isinstance(data, dict) and "base_url" in data and data["base_url"] is None:
+            return {k: v for k, v in data.items() if k != "base_url"}
+        return data
 
     @model_validator(mode="after")
     def _has_target(self) -> ModelRef:
@@ -260,7 +300,7 @@ class ModelRef(Contract):
 
 
 class EvalRequest(Event):
-    eval_id: str = Field(min_length=1, max_length=128)
+    eval_id: SafeId = Field(description="Names the job's log and answer files and its ledger job.")
     model: ModelRef
     benchmarks: list[str] = Field(min_length=1)
     reference_model: str | None = Field(None, description="Base model for held-out preference accuracy.")
@@ -268,12 +308,12 @@ class EvalRequest(Event):
 
 
 class EvalResult(Event):
-    result_id: str
-    eval_id: str
+    result_id: LedgerKey
+    eval_id: SafeId
     model: ModelRef
-    benchmark: str
+    benchmark: str = Field(max_length=LEDGER_NAME_CHARS)
     status: Literal["completed", "failed"]
     metrics: dict[str, float] = Field(default_factory=dict)
-    details: dict = Field(default_factory=dict)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
     error: str | None = None
     created_at: datetime = Field(default_factory=utc_now)

@@ -46,7 +46,7 @@ KINDS = (
     "oversized", "tombstone", "missing-blob", "undecodable-image", "decompression-bomb", "over-pixel-limit",
     "context-length", "model-4xx", "model-timeouts", "response-invalid-json", "judge-unparseable",
     "ratings-out-of-range", "wrong-number-of-ratings", "train-missing-model", "train-loss-weights",
-    "eval-missing-benchmark", "eval-missing-adapter", "checkpoint-missing",
+    "eval-missing-benchmark", "eval-missing-adapter", "eval-unknown-endpoint", "checkpoint-missing",
 )  # fmt: skip
 CONTEXT_LIMIT = 300
 
@@ -210,6 +210,11 @@ def catalogue(blobs: BlobStore, tmp: Path) -> list[Poison]:
                                                        adapter_uri=str(tmp / "gone")),
                                      benchmarks=["mme"])),
                "vlf-evaluator", "MissingCheckpointError", "adapter_uri"),
+        Poison("eval-unknown-endpoint", topics.EVAL_REQUESTS,
+               encode(ev.EvalRequest(eval_id="poison-endpoint",
+                                     model=ev.ModelRef(name="m", base_model="x", endpoint_id="attacker"),
+                                     benchmarks=["mme"])),
+               "vlf-evaluator", "UnknownEndpointError", "attacker"),
         Poison("checkpoint-missing", topics.CHECKPOINTS,
                encode(ev.Checkpoint(checkpoint_id="poison-ckpt", job_id="j", base_model="x",
                                     artifact_uri=f"file://{tmp / 'no-ckpt'}", kind="merged")),

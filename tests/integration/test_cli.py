@@ -96,3 +96,17 @@ def test_status_charges_priced_models_for_their_answers(kafka_bootstrap, namespa
 
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["model_spend_usd"] == {"api": pytest.approx(1.5 * 0.01 + 0.2 * 0.03)}
+
+
+def test_eval_names_a_served_model_by_its_registry_id(kafka_bootstrap, namespace, ledger_url, tmp_path):
+    env = service_env(kafka_bootstrap, namespace, ledger_url)
+    args = ["eval", "Qwen/Qwen-VL-Chat", "--benchmark", "mme", "--name", "served"]
+
+    result = _vlf(env, *args, "--endpoint", "qwen-vl-chat", cwd=tmp_path)
+    refused = _vlf(env, *args, "--base-url", "http://127.0.0.1:9/v1", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    [record] = consume_all(kafka_bootstrap, namespace + topics.EVAL_REQUESTS.name, expect=1)
+    request = ev.EvalRequest.model_validate_json(record.value)
+    assert (request.model.base_model, request.model.endpoint_id) == ("Qwen/Qwen-VL-Chat", "qwen-vl-chat")
+    assert refused.returncode != 0 and "--base-url" in refused.stderr

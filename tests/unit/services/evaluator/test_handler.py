@@ -104,10 +104,26 @@ def test_a_checkpoint_missing_on_disk_is_a_permanent_error_and_queues_nothing(ct
     assert ctx.ledger.jobs(kind="eval") == []
 
 
-def test_an_eval_request_is_queued_as_given(ctx):
+def test_an_eval_request_is_queued_as_given(ctx, tmp_path):
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "id": "served",
+                        "backend": "openai",
+                        "model": "test-model",
+                        "base_url": "http://127.0.0.1:9/v1",
+                    }
+                ]
+            }
+        )
+    )
+    ctx = EvaluatorContext(ledger=ctx.ledger, settings=ctx.settings, registry_path=registry)
     request = ev.EvalRequest(
         eval_id="eval-greedy-1",
-        model=ev.ModelRef(name="served", base_model="test-model", base_url="http://127.0.0.1:9/v1"),
+        model=ev.ModelRef(name="served", base_model="test-model", endpoint_id="served"),
         benchmarks=["greedy_accuracy", "mmhal"],
     )
 
