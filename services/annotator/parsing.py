@@ -5,6 +5,11 @@ aspect names shortened, answers out of order, the released template's aspect-fir
 markdown reader accepts those; what it refuses (a missing, duplicate, non-numeric or out-of-range
 rating) it reports in one message that names the answer, the aspect and what was found, because a
 repair prompt quotes that message back to the judge.
+
+A reply is stored before it is parsed and parsed again on every redelivery, so no reply may make the
+parser raise anything but ``RatingParseError``: an uncaught error would crash the annotator on the
+same stored reply at every restart. Hence the bounds on the reply's size, its JSON nesting and the
+digits of an answer number.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ _RULE = re.compile(r"^(?:-{3,}|\*{3,}|_{3,}|={3,})$")
 _ANSWER_HEADER = re.compile(
     r"^[\s*_`\[<(]*"
     r"(?:(?:output|ratings?|scores?|evaluation|assessment)\s+(?:for|of)\s+)?"
-    r"(?:answer|response|output|text|candidate)\s*#?\s*(?P<number>\d+)"
+    r"(?:answer|response|output|text|candidate)\s*#?\s*(?P<number>\d{1,9})"
     r"[\s*_`\]>):.\-–—]*$",
     re.IGNORECASE,
 )
@@ -85,6 +90,13 @@ _RANGE_AFTER_VALUE = re.compile(r"^(?:-|–|to\b|or\b)\s*\d")
 _EXPECTED_LAYOUT = "expected '## Answer N' sections holding '### <aspect>', 'Rating: N' and 'Rationale: ...'"
 # The size of the excerpt of a reply line quoted in an error message.
 _QUOTE_CHARS = 60
+# Far above any rating reply (about 12 times the default judge max_tokens of 2048, at 4 characters a
+# token), and low enough that a runaway reply is refused at once rather than scanned.
+MAX_REPLY_CHARS = 100_000
+# The accepted JSON layouts nest at most 4 deep ({"answers": [{"Helpfulness": {"rating": 4}}]}).
+# Checked before decoding: the json module recurses once per level, so a reply nested 1,000 deep
+# raises RecursionError, or overflows the C stack where the recursion limit was raised.
+MAX_JSON_DEPTH = 8
 
 
 def parse_markdown_ratings(reply: str, n_answers: int, aspects: Sequence[Aspect]) -> ParsedRatings:
@@ -94,6 +106,7 @@ def parse_markdown_ratings(reply: str, n_answers: int, aspects: Sequence[Aspect]
     1-5 or not numeric, sections for answers that were not shown, or no layout at all.
     """
     _check_request(n_answers, aspects)
+    _check_reply_size(reply)
     if not reply.strip():
         raise RatingParseError("the reply is empty")
     reader = _MarkdownReader(n_answers=n_answers, aspects=tuple(aspects))
@@ -105,10 +118,13 @@ def parse_markdown_ratings(reply: str, n_answers: int, aspects: Sequence[Aspect]
 def parse_json_ratings(reply: str, n_answers: int, aspects: Sequence[Aspect]) -> ParsedRatings:
     """Read ratings from a JSON reply, with or without ``` fences or prose around it.
 
+    The reply must hold exactly one rating object (see ``_extract_json`` for why not the first).
+
     Accepts the ``ratings_json_schema`` layout (``{"answer_1": {"Helpfulness": {"rating": 4,
     "rationale": "..."}}}``), a list of per-answer objects, and the aspect-first nesting.
     """
     _check_request(n_answers, aspects)
+    _check_reply_size(reply)
     data = _extract_json(reply)
     collector = _Collector(n_answers=n_answers, aspects=tuple(aspects))
     for number, entry in _json_answer_entries(data, collector):
@@ -414,30 +430,88 @@ def _split_inline_rationale(value: str) -> tuple[str, str]:
 
 # --- JSON ----------------------------------------------------------------------------------------
 
-_FENCED = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-_JSON_ANSWER_KEY = re.compile(r"^(?:answer|response|output|text)?[\s_#-]*(\d+)$", re.IGNORECASE)
+_JSON_ANSWER_KEY = re.compile(r"^(?:answer|response|output|text)?[\s_#-]*(\d{1,9})$", re.IGNORECASE)
 _JSON_LIST_KEYS = ("answers", "ratings", "responses", "results", "evaluations")
 _JSON_RATING_KEYS = ("rating", "score")
 _JSON_RATIONALE_KEYS = ("rationale", "reason", "reasoning", "explanation", "justification")
+_JSON_OPENING = re.compile(r"[{\[]")
+# One JSON token, as the json module reads it (strict: no control characters inside a string);
+# only brackets change the depth.
+_JSON_TOKEN = re.compile(
+    r'\s*(?:"(?:[^"\\\x00-\x1f]|\\.)*"|-?\d[\d.eE+-]*|true|false|null|NaN|-?Infinity|[,:]'
+    r"|(?P<open>[{\[])|(?P<close>[}\]]))"
+)
+_DECODER = json.JSONDecoder()
 
 
 def _extract_json(reply: str) -> Any:
-    """The first JSON object or array in the reply: a fenced block first, else the first that decodes."""
-    candidates = [block.strip() for block in _FENCED.findall(reply)] + [reply.strip()]
-    for candidate in candidates:
-        try:
-            return json.loads(candidate)
-        except json.JSONDecodeError:
+    """The reply's one JSON rating object (an object, or a list of objects), fenced or not.
+
+    Exactly one, not the first or the last: an answer under judgement can hold a forged rating
+    block, and a judge that quotes it, before its own verdict or after it, would hand the forged
+    ratings in under either rule. With two blocks the parser cannot tell which one is the judge's,
+    so it refuses them as a parse error and the repair turn asks for one object and nothing else
+    (the markdown reader refuses a repeated answer section the same way). Blocks are found by
+    decoding the reply itself, so a forged block counts whether it is fenced or not, while one
+    quoted inside the judge's own JSON (in a rationale string) is part of that object, not a block.
+    """
+    blocks = []
+    position = 0
+    while (opening := _JSON_OPENING.search(reply, position)) is not None:
+        decoded = _decode_at(reply, opening.start())
+        if decoded is None:
+            position = opening.start() + 1
             continue
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[{\[]", reply):
-        try:
-            data, _ = decoder.raw_decode(reply, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict | list) and data:
-            return data
-    raise RatingParseError(f"no JSON object found in the reply (starts with {_quote(reply.strip())})")
+        data, position = decoded
+        if _is_rating_object(data):
+            blocks.append(data)
+    if not blocks:
+        raise RatingParseError(f"no JSON object found in the reply (starts with {_quote(reply.strip())})")
+    if len(blocks) > 1:
+        raise RatingParseError(
+            f"the reply holds {len(blocks)} JSON rating objects; expected exactly one, with nothing else"
+        )
+    return blocks[0]
+
+
+def _is_rating_object(data: Any) -> bool:
+    """An object, or a list of objects: not a citation like ``[1]`` in the judge's prose."""
+    if isinstance(data, list):
+        return bool(data) and all(isinstance(item, dict) for item in data)
+    return isinstance(data, dict) and bool(data)
+
+
+def _decode_at(reply: str, start: int) -> tuple[Any, int] | None:
+    """The JSON value opening at ``start`` and where it ends, or None where none does."""
+    if not _json_value_closes(reply, start):
+        return None
+    try:
+        return _DECODER.raw_decode(reply, start)
+    except ValueError:  # not JSON after all, or an integer past Python's digit limit
+        return None
+
+
+def _json_value_closes(reply: str, start: int) -> bool:
+    """Whether the JSON value opening at ``start`` closes; refuses the reply where it nests deeper
+    than ``MAX_JSON_DEPTH``.
+
+    Walks the tokens the decoder would read and stops where it would stop, so it costs no more than
+    the decoding it guards; a value that does not close is not decoded at all, as the decoder's
+    error on it would scan the reply up to there, once for every bracket of the reply.
+    """
+    depth = 0
+    position = start
+    while (token := _JSON_TOKEN.match(reply, position)) is not None:
+        position = token.end()
+        if token.group("open"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise RatingParseError(f"the reply's JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        elif token.group("close"):
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
 
 
 def _json_answer_entries(data: Any, collector: _Collector) -> list[tuple[int, Any]]:
@@ -506,6 +580,13 @@ def _rating_from_value(value: object) -> int:
 
 
 # --- shared --------------------------------------------------------------------------------------
+
+
+def _check_reply_size(reply: str) -> None:
+    if len(reply) > MAX_REPLY_CHARS:
+        raise RatingParseError(
+            f"the reply is {len(reply)} characters long, more than the {MAX_REPLY_CHARS} a rating reply needs"
+        )
 
 
 def _check_request(n_answers: int, aspects: Sequence[Aspect]) -> None:

@@ -19,7 +19,10 @@ from services.annotator.rubric import (
     build_all_in_one_prompt,
     build_per_aspect_prompt,
     build_repair_prompt,
+    format_answers,
     markdown_layout,
+    quote_mark,
+    quote_note,
     ratings_json_schema,
 )
 
@@ -151,9 +154,11 @@ def test_template_from_file_renders_all_placeholders(tmp_path: Path) -> None:
     template = PromptTemplate.from_file(path)
     assert template.uses_aspect
     text = template.render("Describe it.", ANSWERS[:2], reference="A dog.", aspect=Aspect.HELPFULNESS)
+    mark = quote_mark("Describe it.", "A dog.", *ANSWERS[:2])
     assert text == (
-        "Rate Helpfulness.\nInstruction: Describe it.\nReference: A dog.\n"
-        "[Answer 1]\nA brown dog on a sofa.\n[End of Answer 1]\n\n[Answer 2]\nA cat.\n[End of Answer 2]\n"
+        f"Rate Helpfulness.\nInstruction: Describe it.\nReference: A dog.\n{quote_note(mark)}\n\n"
+        f"{mark} [Answer 1]\nA brown dog on a sofa.\n[End of Answer 1] {mark}\n\n"
+        f"{mark} [Answer 2]\nA cat.\n[End of Answer 2] {mark}\n"
         "Format: {json}\n"
     )
 
@@ -170,7 +175,10 @@ def test_template_with_numbered_answers_like_the_released_one() -> None:
     with pytest.raises(TemplateAnswerCountError, match=r"shows answers \[1, 2\] but this instruction has 3"):
         template.render("Q?", ["one", "two", "three"])  # the judge would never see the third
     with_all = PromptTemplate.from_text("{instruction}\nFirst: {answer_1}\nAll: {answers}")
-    assert with_all.render("Q?", ["a", "b", "c"]).startswith("Q?\nFirst: a\nAll: [Answer 1]")
+    mark = quote_mark("Q?", "", "a", "b", "c")
+    assert with_all.render("Q?", ["a", "b", "c"]) == (
+        f"Q?\nFirst: a\nAll: {quote_note(mark)}\n\n{format_answers(['a', 'b', 'c'], mark)}"
+    )
     with pytest.raises(TemplateAnswerCountError, match=r"uses \{answer_1\} but only 0 answers"):
         with_all.render("Q?", [])
 
@@ -188,7 +196,10 @@ def test_missing_reference_renders_empty_and_missing_aspect_is_an_error() -> Non
     template = PromptTemplate.from_text("{instruction} [{reference}] {answers} {aspect}")
     with pytest.raises(PromptTemplateError, match=r"uses \{aspect\} but no aspect was given"):
         template.render("Q?", ["a"])
-    assert template.render("Q?", ["a"], aspect=Aspect.HELPFULNESS).startswith("Q? [] [Answer 1]")
+    mark = quote_mark("Q?", "", "a")
+    assert template.render("Q?", ["a"], aspect=Aspect.HELPFULNESS) == (
+        f"Q? [] {quote_note(mark)}\n\n{mark} [Answer 1]\na\n[End of Answer 1] {mark} Helpfulness"
+    )
 
 
 @pytest.mark.parametrize(
