@@ -62,6 +62,8 @@ PUBLISH_TIMEOUT_S = 30.0
 # broker, so a partition resumed after backpressure waits behind it: at kafka-python's 500 ms,
 # partitions that had run dry stalled the ones with a backlog for half a second at a time.
 FETCH_MAX_WAIT_MS = 50
+# After the grace period: how long lanes get to notice that their messages are abandoned.
+ABANDONED_LANES_JOIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -295,8 +297,14 @@ class KafkaRuntime:
         share = max(1, self.settings.max_buffered // max(1, len(with_work)))
         self._resume_at = share // 2
         paused = self._consumer.paused()
-        full = {tp for tp in assignment - paused if held[tp] >= share}
-        drained = {tp for tp in paused if held.get(tp, 0) <= self._resume_at}
+        if sum(held.values()) >= self.settings.max_buffered:
+            # The buffer is full, whatever the shares: one poll can bring a partition past its
+            # share, and the others then still took theirs (up to twice ``max_buffered`` held).
+            full = {tp for tp in with_work if tp not in paused}
+            drained: set[TopicPartition] = set()
+        else:
+            full = {tp for tp in assignment - paused if held[tp] >= share}
+            drained = {tp for tp in paused if held.get(tp, 0) <= self._resume_at}
         if full:
             self._consumer.pause(*full)
         if drained:
@@ -382,7 +390,10 @@ class KafkaRuntime:
         if self._republish_thread.is_alive():
             self._republish_thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._abandon.set()
-        self._lanes.join(timeout_s=30)
+        # Lanes waiting out a backoff or a publish retry see the abandon at once. A handler still
+        # running cannot be interrupted and is not waited for: its message stays uncommitted and is
+        # redelivered. (Waiting 30 s for it kept a slow handler's service alive far past the grace.)
+        self._lanes.join(timeout_s=ABANDONED_LANES_JOIN_S)
         self._commit()
         if self._consumer is not None:
             self._consumer.close(autocommit=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import TopicPartition
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,3 +104,19 @@ def start_process(module: str, env: dict[str, str], log_path: Path, *args: str) 
         cwd=REPO_ROOT,
         start_new_session=True,  # its own process group, so a test can kill it with its job processes
     )
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 60) -> int:
+    """SIGTERM, as Kubernetes stops a pod, and the exit code once the process is gone."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout_s)
+
+
+def committed(bootstrap: str, topic: str, group: str) -> int:
+    """The group's committed offsets on ``topic``, summed over its partitions."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or []
+        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in partitions)
+    finally:
+        consumer.close()

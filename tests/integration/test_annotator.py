@@ -9,8 +9,6 @@ from collections import Counter
 
 import httpx
 import pytest
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
 
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
@@ -22,7 +20,7 @@ from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.runtime.admin import EventPublisher
 from shared.runtime.dlq import read_dlq_headers
 from tests.integration.judge_responder import expected_rating, judge_responder
-from tests.integration.kafka_helpers import consume_all, wait_until
+from tests.integration.kafka_helpers import committed, consume_all, wait_until
 from tests.integration.pipeline_helpers import Pipeline, png, write_registry
 
 JUDGES = lambda url: [  # noqa: E731
@@ -155,10 +153,4 @@ _SQUARE = re.compile(r"Describe square (\d+)\.")
 
 
 def _committed(bootstrap: str, topic_name: str, group: str = "vlf-annotator.judge-md") -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    total = sum(
-        consumer.committed(TopicPartition(topic_name, p)) or 0
-        for p in consumer.partitions_for_topic(topic_name) or []
-    )
-    consumer.close()
-    return total
+    return committed(bootstrap, topic_name, group)

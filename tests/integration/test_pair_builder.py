@@ -3,9 +3,6 @@ and in the ledger; a redelivered annotation adds no pair."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import decode, encode
@@ -17,6 +14,7 @@ from tests.integration.kafka_helpers import (
     produce,
     service_env,
     start_process,
+    stop_process,
     wait_until,
 )
 
@@ -29,11 +27,6 @@ def _produce(bootstrap: str, namespace: str, annotations: list[ev.Annotation]) -
         bootstrap, [name, namespace + topics.ANNOTATIONS.dlq], partitions=topics.ANNOTATIONS.partitions
     )
     produce(bootstrap, name, [(a.instruction_id.encode(), encode(a)) for a in annotations])
-
-
-def _stop(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=60)
 
 
 def _expected(inst: ev.Instruction, chosen: str, rejected: str, margin: float) -> tuple:
@@ -74,7 +67,7 @@ def test_annotations_become_the_exact_pairs_on_the_topic_and_in_the_ledger(
         _produce(kafka_bootstrap, namespace, [annotations[0]])  # a redelivery of the same annotation
         republished = consume_all(kafka_bootstrap, namespace + topics.PAIRS.name, expect=7)
     finally:
-        assert _stop(process) == 0, (tmp_path / "log").read_text()
+        assert stop_process(process) == 0, (tmp_path / "log").read_text()
 
     on_topic = [decode(topics.PAIRS, r.value) for r in published]
     in_ledger = [p for inst in (four, two, tied) for p in ledger.pairs_for(inst.instruction_id)]

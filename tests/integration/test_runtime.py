@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
+from kafka import KafkaProducer
 
 from shared.contracts import events as ev
 from shared.contracts import topics
@@ -18,11 +16,13 @@ from shared.errors import ContractError
 from shared.runtime.dlq import dead_letter, read_dlq_headers
 from tests import factories
 from tests.integration.kafka_helpers import (
+    committed,
     consume_all,
     create_topics,
     produce,
     service_env,
     start_process,
+    stop_process,
     wait_until,
 )
 
@@ -47,11 +47,6 @@ def _produce_events(bootstrap: str, namespace: str, events: list[ev.Event]) -> N
         produce(bootstrap, name, messages)
 
 
-def _stop(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=60)
-
-
 def test_every_event_type_round_trips_to_the_ledger(kafka_bootstrap, namespace, ledger_url, ledger, tmp_path):
     events = factories.one_of_each(1)
     process = start_process(
@@ -73,7 +68,7 @@ def test_every_event_type_round_trips_to_the_ledger(kafka_bootstrap, namespace, 
 
         wait_until(all_there, 60, "every event in the ledger")
     finally:
-        assert _stop(process) == 0, (tmp_path / "log").read_text()
+        assert stop_process(process) == 0, (tmp_path / "log").read_text()
     inst, resp, ann, pair = events[:4]
     assert ledger.instruction(inst.instruction_id) == inst
     assert resp in ledger.responses_for(inst.instruction_id)
@@ -122,7 +117,7 @@ def test_poison_messages_are_dead_lettered_and_do_not_block_the_partition(
         wait_until(lambda: ledger.count(ev.Instruction) == 4, 60, "the valid messages")
         dead = consume_all(kafka_bootstrap, namespace + topics.INSTRUCTIONS.dlq, expect=4)
     finally:
-        assert _stop(process) == 0, (tmp_path / "log").read_text()
+        assert stop_process(process) == 0, (tmp_path / "log").read_text()
     assert len(dead) == 4
     reasons = [read_dlq_headers(r.headers) for r in dead]
     assert [r["error.class"] for r in reasons] == ["ContractError"] * 4
@@ -180,22 +175,18 @@ def test_sigkill_between_ledger_write_and_commit_loses_and_duplicates_nothing(
         wait_until(lambda: ledger.count(ev.Instruction) == 30, 90, "all instructions after the restart")
         wait_until(lambda: _committed(kafka_bootstrap, namespace) == 30, 30, "offsets committed to the end")
     finally:
-        assert _stop(process) == 0, (tmp_path / "log").read_text()
-    assert ledger.count(ev.Instruction) == 30
-    echoed = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name)
-    assert {json.loads(r.value)["response_id"] for r in echoed} == {
-        r.response_id for r in ledger.iter_facts(ev.Response)
-    } or len({json.loads(r.value)["instruction"]["instruction_id"] for r in echoed}) == 30
+        assert stop_process(process) == 0, (tmp_path / "log").read_text()
+
+    def answered() -> set[str]:
+        echoed = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name, expect=30)
+        return {json.loads(r.value)["instruction"]["instruction_id"] for r in echoed}
+
+    # Redelivered messages may publish their answer again (at least once); none may be missing.
+    wait_until(lambda: answered() == {e.instruction_id for e in events}, 30, "an answer to every instruction")
 
 
 def _committed(bootstrap: str, namespace: str, group: str = "vlf-recorder") -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    name = namespace + topics.INSTRUCTIONS.name
-    total = sum(
-        consumer.committed(TopicPartition(name, p)) or 0 for p in consumer.partitions_for_topic(name) or []
-    )
-    consumer.close()
-    return total
+    return committed(bootstrap, namespace + topics.INSTRUCTIONS.name, group)
 
 
 def test_sigterm_mid_stream_exits_cleanly_without_loss_or_duplicates(
@@ -215,14 +206,14 @@ def test_sigterm_mid_stream_exits_cleanly_without_loss_or_duplicates(
     )
     process = start_process(RECORDER, env, tmp_path / "log")
     wait_until(lambda: ledger.count(ev.Instruction) >= 20, 60, "some progress")
-    assert _stop(process) == 0, (tmp_path / "log").read_text()
+    assert stop_process(process) == 0, (tmp_path / "log").read_text()
     assert ledger.count(ev.Instruction) < 300, "stopped too late to test anything"
     process = start_process(RECORDER, env, tmp_path / "log")
     try:
         wait_until(lambda: ledger.count(ev.Instruction) == 300, 90, "the rest after the restart")
         wait_until(lambda: _committed(kafka_bootstrap, namespace) == 300, 30, "offsets committed to the end")
     finally:
-        assert _stop(process) == 0, (tmp_path / "log").read_text()
+        assert stop_process(process) == 0, (tmp_path / "log").read_text()
     echoed = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name, expect=300)
     ids = [json.loads(r.value)["response_id"] for r in echoed]
     assert len(ids) == 300 and len(set(ids)) == 300
@@ -282,7 +273,7 @@ def test_probes_report_real_state_and_readiness_follows_the_broker(namespace, le
         start_broker(cfg)
         wait_until(lambda: _get(base + "/readyz") == 200, 90, "readiness to come back with the broker")
     finally:
-        assert _stop(process) == 0, (tmp_path / "log").read_text()
+        assert stop_process(process) == 0, (tmp_path / "log").read_text()
         stop_broker(cfg)
 
 
@@ -312,7 +303,7 @@ def test_a_standby_member_without_partitions_is_ready_and_takes_over(
         holder = next(i for i, assigned in enumerate(assignments()) if assigned)
         standby = 1 - holder
         assert _get(bases[standby] + "/readyz") == 200, httpx.get(bases[standby] + "/readyz").text
-        assert _stop(members[holder]) == 0
+        assert stop_process(members[holder]) == 0
         wait_until(
             lambda: (
                 httpx.get(bases[standby] + "/info", timeout=5).json()["assignment"]
@@ -324,7 +315,7 @@ def test_a_standby_member_without_partitions_is_ready_and_takes_over(
     finally:
         for member in members:
             if member.poll() is None:
-                _stop(member)
+                stop_process(member)
 
 
 def _get(url: str) -> int:
