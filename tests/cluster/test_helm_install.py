@@ -87,7 +87,10 @@ class Cluster:
                     "tag": "cpu-train",
                     "pullPolicy": "Never",
                 },
-                "kafka": {"bootstrapServers": self.settings.kafka_bootstrap_servers},
+                "kafka": {
+                    "bootstrapServers": self.settings.kafka_bootstrap_servers,
+                    "securityProtocol": "PLAINTEXT",
+                },
                 "ledger": {"url": self.settings.ledger_url, "existingSecret": ""},
                 "blob": {"url": "file:///data/blobs"},
                 "extraVolumes": [

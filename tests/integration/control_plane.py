@@ -89,7 +89,9 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float
 
 
 @contextmanager
-def control_plane(work: Path) -> Iterator[ControlPlane]:
+def control_plane(work: Path, authorization_mode: str = "AlwaysAllow") -> Iterator[ControlPlane]:
+    """etcd and kube-apiserver; ``authorization_mode="RBAC"`` enforces Roles (the admin user is in
+    system:masters, so it may still do anything, impersonation included)."""
     etcd_bin, apiserver_bin = _binary("etcd"), _binary("kube-apiserver")
     work.mkdir(parents=True, exist_ok=True)
     client_port, peer_port = free_ports(), free_ports()
@@ -118,7 +120,7 @@ def control_plane(work: Path) -> Iterator[ControlPlane]:
                 [str(apiserver_bin), "--etcd-servers", etcd_url, "--bind-address", "127.0.0.1",
                  "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
                  "--cert-dir", str(work / "certs"), "--service-cluster-ip-range", "10.0.0.0/24",
-                 "--authorization-mode", "AlwaysAllow", "--token-auth-file", str(work / "tokens.csv"),
+                 "--authorization-mode", authorization_mode, "--token-auth-file", str(work / "tokens.csv"),
                  "--service-account-issuer", "https://kubernetes.default.svc",
                  "--service-account-key-file", str(work / "sa.key"),
                  "--service-account-signing-key-file", str(work / "sa.key"),

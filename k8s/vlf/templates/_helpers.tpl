@@ -559,8 +559,13 @@ Every bad value, reported at once.
 {{- if and (hasPrefix "SASL" $c.kafka.securityProtocol) (not $c.kafka.saslMechanism) -}}
 {{- $errors = append $errors (printf "common.kafka.saslMechanism: required with securityProtocol %s" $c.kafka.securityProtocol) -}}
 {{- end -}}
-{{- if and (hasPrefix "SASL" $c.kafka.securityProtocol) (not $c.kafka.saslPassword) (not $c.kafka.existingSecret) -}}
-{{- $errors = append $errors "common.kafka: SASL needs saslPassword or existingSecret" -}}
+{{- if hasPrefix "SASL" $c.kafka.securityProtocol -}}
+{{- if or (not $c.kafka.saslUsername) (and (not $c.kafka.saslPassword) (not $c.kafka.existingSecret)) -}}
+{{- $errors = append $errors (printf "common.kafka: securityProtocol %s needs credentials: saslUsername and existingSecret (a Secret holding the password under existingSecretPasswordKey) or saslPassword; a dev broker without auth takes securityProtocol PLAINTEXT" $c.kafka.securityProtocol) -}}
+{{- end -}}
+{{- if and $c.kafka.saslPassword $c.kafka.existingSecret -}}
+{{- $errors = append $errors "common.kafka: set saslPassword or existingSecret, not both" -}}
+{{- end -}}
 {{- end -}}
 {{- if and (not $c.ledger.url) (not $c.ledger.existingSecret) -}}
 {{- $errors = append $errors "common.ledger: set url or existingSecret (the ledger's SQLAlchemy URL)" -}}
@@ -644,6 +649,19 @@ Every bad value, reported at once.
 {{- $errors = append $errors (printf "%s.apiKey: set value or existingSecret, not both" $where) -}}
 {{- end -}}
 {{- end -}}
+{{- if .Values.trainer.jobPolicy.enabled -}}
+{{- if semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version -}}
+{{- $errors = append $errors (printf "trainer.jobPolicy.enabled: the ValidatingAdmissionPolicy needs Kubernetes 1.30 or later (this is %s); set it false on older clusters" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- $pod := $c.podSecurityContext | default dict -}}
+{{- $ctr := $c.containerSecurityContext | default dict -}}
+{{- if not (or $pod.runAsNonRoot $ctr.runAsNonRoot) -}}
+{{- $errors = append $errors "trainer.jobPolicy.enabled: the policy admits only non-root training Jobs: set common.podSecurityContext.runAsNonRoot or common.containerSecurityContext.runAsNonRoot true" -}}
+{{- end -}}
+{{- if or $ctr.privileged $ctr.allowPrivilegeEscalation (and $ctr.capabilities $ctr.capabilities.add) -}}
+{{- $errors = append $errors "trainer.jobPolicy.enabled: the policy refuses privileged training Jobs: common.containerSecurityContext sets privileged, allowPrivilegeEscalation or capabilities.add" -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (int .Values.trainer.job.gpus) 0 -}}
 {{- $errors = append $errors "trainer.job.gpus: must be 0 (CPU) or more" -}}
 {{- end -}}
@@ -660,4 +678,137 @@ Every bad value, reported at once.
 {{- range .Values.samplers -}}
 {{- if and .vllm .vllm.enabled -}}true{{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Egress. Every pod may reach DNS, the cluster's pods (common.networkPolicy.clusterPeers) and
+extraEgress; the internet (any address outside blockedCidrs and metadataCidrs) only the workloads
+listed by vlf.internetEgressTargets, each through its own NetworkPolicy (policies add up).
+*/}}
+
+{{/* Non-empty when the host of a URL is in the cluster: (dict "url" ... "root" $) */}}
+{{- define "vlf.inClusterUrl" -}}
+{{- $domain := .root.Values.common.networkPolicy.clusterDomain | trimPrefix "." | trimSuffix "." | lower -}}
+{{- $host := regexReplaceAll ":[0-9]+$" (urlParse .url).host "" | trimSuffix "." | lower -}}
+{{- if and $host (not (hasPrefix "[" $host)) -}}
+{{- if or (not (contains "." $host)) (hasSuffix ".svc" $host) (hasSuffix (printf ".svc.%s" $domain) $host) (hasSuffix (printf ".%s" $domain) $host) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when the blob store is a cloud bucket reached over the internet. */}}
+{{- define "vlf.cloudBlob" -}}
+{{- $url := .Values.common.blob.url | toString | lower -}}
+{{- if and (regexMatch "^(s3|s3a|gs|gcs|az|abfs|abfss)://" $url) (not .Values.common.networkPolicy.blobInCluster) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when a model is loaded from the Hugging Face Hub (not a path on a volume). */}}
+{{- define "vlf.fromHub" -}}
+{{- if and .root.Values.common.networkPolicy.hubEgress (not (hasPrefix "/" (toString .model))) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The workloads that need the internet, and why: a YAML list of {component, id, why}. A component
+that needs it as a whole (a cloud blob store, the hub for Jobs and the evaluator) is one entry
+without id; per sampler or judge otherwise.
+*/}}
+{{- define "vlf.internetEgressTargets" -}}
+{{- $root := . -}}
+{{- $targets := list -}}
+{{- $whole := dict -}}
+{{- if include "vlf.cloudBlob" . -}}
+{{- $why := printf "the blob store %s is a cloud bucket" .Values.common.blob.url -}}
+{{- range (list "sampler" "annotator" "pair-builder" "training-job" "evaluator") -}}
+{{- $_ := set $whole . $why -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.common.networkPolicy.hubEgress -}}
+{{- range (list "training-job" "evaluator") -}}
+{{- $_ := set $whole . (join "; " (compact (list (get $whole .) "model weights come from the Hugging Face Hub (hubEgress)"))) -}}
+{{- end -}}
+{{- end -}}
+{{- range $component := (list "sampler" "annotator" "pair-builder" "training-job" "evaluator") -}}
+{{- if hasKey $whole $component -}}
+{{- $targets = append $targets (dict "component" $component "id" "" "why" (get $whole $component)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $entries := (list (dict "component" "sampler" "items" .Values.samplers) (dict "component" "annotator" "items" .Values.judges)) -}}
+{{- range $e := $entries.items -}}
+{{- $why := list -}}
+{{- $vllmOn := and $e.vllm $e.vllm.enabled -}}
+{{- $inProcess := has (toString $e.backend) (list "transformers" "vllm") -}}
+{{- $external := and $e.imageUrlBase (not (include "vlf.inClusterUrl" (dict "url" $e.imageUrlBase "root" $root))) -}}
+{{- if eq (default "llm" $e.kind) "verifiable" -}}
+{{- else if $inProcess -}}
+{{- if include "vlf.fromHub" (dict "root" $root "model" $e.model) -}}
+{{- $why = append $why (printf "the in-process %s backend loads %s from the Hugging Face Hub (hubEgress)" $e.backend $e.model) -}}
+{{- end -}}
+{{- if $external -}}
+{{- $why = append $why (printf "images are fetched from imageUrlBase %s" $e.imageUrlBase) -}}
+{{- end -}}
+{{- else if and (not $vllmOn) $e.baseUrl (not (include "vlf.inClusterUrl" (dict "url" $e.baseUrl "root" $root))) -}}
+{{- $why = append $why (printf "baseUrl %s is outside the cluster" $e.baseUrl) -}}
+{{- end -}}
+{{- if and $why (not (hasKey $whole $entries.component)) -}}
+{{- $targets = append $targets (dict "component" $entries.component "id" $e.id "why" (join "; " $why)) -}}
+{{- end -}}
+{{- if $vllmOn -}}
+{{- $serverWhy := list -}}
+{{- if include "vlf.fromHub" (dict "root" $root "model" $e.model) -}}
+{{- $serverWhy = append $serverWhy (printf "the vLLM server loads %s from the Hugging Face Hub (hubEgress)" $e.model) -}}
+{{- end -}}
+{{- if $external -}}
+{{- $serverWhy = append $serverWhy (printf "the vLLM server fetches images from imageUrlBase %s" $e.imageUrlBase) -}}
+{{- end -}}
+{{- if $serverWhy -}}
+{{- $targets = append $targets (dict "component" "vllm" "id" $e.id "why" (join "; " $serverWhy)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $targets -}}
+{{- end -}}
+
+{{/* Peers covering every address but the given CIDRs (IPv4 and IPv6): (list "169.254.0.0/16" ...) */}}
+{{- define "vlf.addressesExcept" -}}
+{{- $v4 := list -}}
+{{- $v6 := list -}}
+{{- range . -}}
+{{- if contains ":" . -}}
+{{- $v6 = append $v6 . -}}
+{{- else -}}
+{{- $v4 = append $v4 . -}}
+{{- end -}}
+{{- end -}}
+{{- $peers := list -}}
+{{- range $block := (list (dict "cidr" "0.0.0.0/0" "except" ($v4 | uniq)) (dict "cidr" "::/0" "except" ($v6 | uniq))) -}}
+{{- $peers = append $peers (dict "ipBlock" (ternary $block (omit $block "except") (gt (len $block.except) 0))) -}}
+{{- end -}}
+{{- toYaml $peers -}}
+{{- end -}}
+
+{{/* The internet: every address outside blockedCidrs and metadataCidrs. */}}
+{{- define "vlf.internetPeers" -}}
+{{- $np := .Values.common.networkPolicy -}}
+{{- include "vlf.addressesExcept" (concat $np.blockedCidrs $np.metadataCidrs) -}}
+{{- end -}}
+
+{{/* The training Job's image, command and ServiceAccount: the Job template and the policy that
+pins the trainer's Jobs to them both read these. The CUDA image carries the [train] extra; it
+trains on CPU too when gpus is 0. */}}
+{{- define "vlf.trainingImage" -}}
+{{- include "vlf.image" (dict "image" .Values.common.gpuImage "root" .) -}}
+{{- end -}}
+
+{{- define "vlf.trainingCommand" -}}
+- accelerate
+- launch
+- --config_file=/etc/vlf/trainer-job/accelerate.yaml
+- -m
+- services.trainer.job
+- --job-id
+- $(VLF_TRAINER_JOB_ID)
+{{- end -}}
+
+{{- define "vlf.trainingServiceAccount" -}}
+{{- include "vlf.componentName" (dict "root" . "component" "training-job") -}}
 {{- end -}}
