@@ -28,15 +28,17 @@ from statistics import mean
 
 import torch
 
-from services.annotator.verifiable import match_reference, rate_with_reference
+from services.annotator.verifiable import rate_with_reference
 from services.trainer.dpo import DpoJobConfig, PairRecord, train
-from services.trainer.implicit_reward import preference_accuracy
 from services.trainer.job import dpo_config as job_dpo_config
 from services.trainer.settings import TrainerSettings
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.transformers_local import TransformersBackend
+from shared.contracts.events import SamplingParams
 from shared.demo import demo_train_request
 from shared.demo_data import build_demo_set, format_warm_up_examples
+from shared.ml.answer_matching import match_reference
+from shared.ml.implicit_reward import preference_accuracy
 from shared.tinymodels import build_tiny_vlm, warm_up_format
 
 SAMPLER_SEEDS = (0, 1, 2, 3)

@@ -25,8 +25,9 @@ import httpx
 import typer
 import uvloop
 
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.openai_http import OpenAIHttpBackend, build_completion_kwargs
+from shared.contracts.events import SamplingParams
 from shared.kafka_local import free_ports
 
 MODEL = "bench-model"

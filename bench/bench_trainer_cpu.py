@@ -19,7 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import DPOConfig, DPOTrainer
 
 from services.trainer.dpo import DpoJobConfig, PairRecord, lora_config, train
-from services.trainer.preference_data import preference_dataset
+from shared.ml.preference_data import preference_dataset
 from shared.tinymodels import build_tiny_vlm
 
 COLOURS = ["red", "green", "blue", "yellow"]

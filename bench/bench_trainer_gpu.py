@@ -34,8 +34,8 @@ from transformers import (
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from services.trainer.logps import completion_logps, fused_log_probs
 from services.trainer.reference import PrecomputedRefDPOTrainer, VisionPreferenceWithRefCollator
+from shared.ml.logps import completion_logps, fused_log_probs
 from shared.tinymodels import DEFAULT_CORPUS, QWEN2_VL_CHAT_TEMPLATE, qwen2_vl_tokenizer
 
 LANGUAGE_MODEL_LINEAR_LAYERS = (

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from shared.backends.base import ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest, GenerationResult
 from shared.backends.transformers_local import TransformersBackend
+from shared.contracts.events import SamplingParams
 from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 

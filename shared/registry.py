@@ -12,8 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.backends.base import SamplingParams
-from shared.contracts.events import SAFE_ID_PATTERN
+from shared.contracts.events import SAFE_ID_PATTERN, SamplingParams
 
 BackendKind = Literal["openai", "transformers", "vllm"]
 

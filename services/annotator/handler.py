@@ -42,10 +42,10 @@ from services.annotator.rubric import (
 )
 from services.annotator.settings import AnnotatorSettings
 from services.annotator.verifiable import SkipReason, rate_with_reference
-from shared.backends.base import Backend, ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import Backend, ChatMessage, GenerationRequest
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
-from shared.contracts.events import Aspect
+from shared.contracts.events import Aspect, SamplingParams
 from shared.contracts.ids import annotation_id
 from shared.ledger import Ledger
 from shared.registry import JudgeEntry, Registry, assigned_models

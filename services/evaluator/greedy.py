@@ -1,7 +1,7 @@
 """Greedy accuracy: the share of items whose greedy answer matches a short reference answer.
 
 A cheap check of a checkpoint on the user's own data, scored by the verifiable judge's rules
-(``services.annotator.verifiable.match_reference``), so no judge model is needed.
+(``shared.ml.answer_matching.match_reference``), so no judge model is needed.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from services.annotator.verifiable import match_reference, reference_kind
 from services.evaluator.errors import BenchmarkFormatError
 from services.evaluator.prediction_cache import PredictionCache, map_with_cache
+from shared.ml.answer_matching import match_reference, reference_kind
 
 BENCHMARK = "greedy_accuracy"
 

@@ -22,9 +22,10 @@ from services.evaluator.ledger_cache import LedgerPredictionCache
 from services.evaluator.mme import run_mme
 from services.evaluator.mmhal import load_judge_template, load_mmhal, run_mmhal
 from services.evaluator.settings import EvaluatorSettings
-from shared.backends.base import Backend, ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import Backend, ChatMessage, GenerationRequest
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
+from shared.contracts.events import SamplingParams
 from shared.contracts.ids import eval_result_id, stable_hash
 from shared.errors import PermanentError
 from shared.ledger import Ledger
@@ -194,8 +195,8 @@ def run_mmhal_benchmark(request: ev.EvalRequest, answerer: Answerer, ctx: JobCon
 
 
 def run_preference_accuracy(request: ev.EvalRequest, answerer: Answerer, ctx: JobContext) -> Metrics:
-    from services.trainer.dataset import pair_records, select_pairs
-    from services.trainer.implicit_reward import preference_accuracy
+    from shared.ml.implicit_reward import preference_accuracy
+    from shared.ml.training_pairs import pair_records, select_pairs
 
     model = request.model
     if model.endpoint_id is not None:

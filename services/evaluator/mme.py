@@ -8,12 +8,12 @@ written for a cross-check with that script.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from services.evaluator.errors import BenchmarkFormatError
 from services.evaluator.prediction_cache import PredictionCache, map_with_cache
+from shared.ml.answer_matching import mme_yes_no
 
 PERCEPTION_SUBTASKS = (
     "existence",
@@ -34,8 +34,6 @@ SPLIT_FOLDER_SUBTASKS = frozenset({"artwork", "celebrity", "landmark", "posters"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 QUESTIONS_PER_IMAGE = 2
 BENCHMARK = "mme"
-
-YesNo = Literal["yes", "no", "other"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +62,7 @@ class MmePrediction:
 
     @property
     def correct(self) -> bool:
-        return parse_yes_no(self.prediction) == self.answer.lower()
+        return mme_yes_no(self.prediction) == self.answer.lower()
 
 
 class MmeSubtaskScore(BaseModel):
@@ -86,22 +84,6 @@ class MmeScores(BaseModel):
     perception: float
     cognition: float
     total: float
-
-
-def parse_yes_no(prediction: str) -> YesNo:
-    """The official rule: exact "yes"/"no", else "yes" or "no" inside the first 4 characters.
-
-    Nothing is stripped, as in the official tool: " yes" is yes but "  yes" is other.
-    """
-    text = prediction.lower()
-    if text in ("yes", "no"):
-        return "yes" if text == "yes" else "no"
-    prefix = text[:4]
-    if "yes" in prefix:
-        return "yes"
-    if "no" in prefix:
-        return "no"
-    return "other"
 
 
 def load_mme(root: Path, subtasks: Sequence[str] | None = None) -> list[MmeItem]:
@@ -280,7 +262,7 @@ def _score_subtask(subtask: str, predictions: Sequence[MmePrediction]) -> MmeSub
         acc_plus=acc_plus,
         score=100 * acc + 100 * acc_plus,
         images=len(images),
-        other_answers=sum(parse_yes_no(p.prediction) == "other" for p in predictions),
+        other_answers=sum(mme_yes_no(p.prediction) == "other" for p in predictions),
     )
 
 

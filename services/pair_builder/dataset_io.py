@@ -43,14 +43,14 @@ from huggingface_hub import HfApi
 from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from services.trainer.preference_data import TRAINING_FEATURES, preference_row
-from shared.backends.base import SamplingParams
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
 from shared.blobs.images import ImagePolicy, load_valid_image
 from shared.blobs.store import BlobStore, blob_uri, parse_blob_uri
 from shared.contracts import events as ev
+from shared.contracts.events import SamplingParams
 from shared.contracts.ids import annotation_id, response_id, stable_hash
 from shared.ledger import Ledger
+from shared.ml.preference_data import TRAINING_FEATURES, preference_row
 
 VLFEEDBACK_JUDGE = "vlfeedback-gpt4v"
 RELEASED_ASPECT_ORDER = (

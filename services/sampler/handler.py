@@ -11,10 +11,11 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 
-from shared.backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult, SamplingParams
+from shared.backends.base import Backend, ChatMessage, GenerationRequest, GenerationResult
 from shared.blobs.images import ImagePolicy, validate_image
 from shared.blobs.store import BlobStore, blob_url
 from shared.contracts import events as ev
+from shared.contracts.events import SamplingParams
 from shared.contracts.ids import response_id
 from shared.ledger.async_ledger import AsyncLedger
 from shared.registry import ModelEntry, Registry, assigned_models

@@ -36,9 +36,9 @@ from transformers import (
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from services.trainer.logps import completion_logps, fused_log_probs
-from services.trainer.preference_data import PairRecord, pairs_digest, preference_dataset
 from services.trainer.reference import REF_COLUMNS, PrecomputedRefDPOTrainer, VisionPreferenceWithRefCollator
+from shared.ml.logps import completion_logps, fused_log_probs
+from shared.ml.preference_data import PairRecord, pairs_digest, preference_dataset
 
 __all__ = [
     "DpoJobConfig",

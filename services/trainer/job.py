@@ -15,13 +15,13 @@ import os
 import time
 from collections.abc import Mapping
 
-from services.trainer.dataset import pair_records, select_pairs
 from services.trainer.settings import TrainerSettings
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.ids import checkpoint_id
 from shared.ledger import Ledger
 from shared.logs import configure_logging
+from shared.ml.training_pairs import pair_records, select_pairs
 from shared.paths import PathEscapeError, within
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings

@@ -2,7 +2,7 @@
 
 TRL's ``DPOTrainer`` already reads ``ref_chosen_logps``/``ref_rejected_logps`` from the batch when its
 ``precompute_ref_logps`` flag is set, but refuses to precompute them for image data. These two small
-pieces let it consume columns computed by ``services.trainer.logps``: the trainer keeps the columns
+pieces let it consume columns computed by ``shared.ml.logps``: the trainer keeps the columns
 through column pruning and sets the flag, the collator passes them through.
 Depends only on torch and TRL, so the GPU benchmark can use it standalone.
 """

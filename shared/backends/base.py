@@ -6,17 +6,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
-class SamplingParams(BaseModel):
-    """How to sample one answer. Defaults are greedy and short. It travels in ``Response`` events, so
-    like them it refuses NaN and inf (JSON cannot carry them)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(256, ge=1)
-    seed: int | None = Field(None, description="Per-request seed, where the backend supports it.")
+from shared.contracts.events import SamplingParams
 
 
 class ChatMessage(BaseModel):

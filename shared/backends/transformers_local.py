@@ -26,10 +26,11 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
-from shared.backends.base import GenerationRequest, GenerationResult, SamplingParams
+from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.coalesce import CoalescingBackend
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
 from shared.backends.metrics import BackendMetrics, record_batch
+from shared.contracts.events import SamplingParams
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

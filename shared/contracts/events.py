@@ -19,8 +19,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
-from shared.backends.base import SamplingParams
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -55,6 +53,16 @@ class Contract(BaseModel):
 
 class Event(Contract):
     schema_version: Literal[1] = 1
+
+
+class SamplingParams(Contract):
+    """How to sample one answer (defaults: greedy and short): part of a ``Response`` and of the registry,
+    and what every backend takes."""
+
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = Field(None, description="Per-request seed, where the backend supports it.")
 
 
 # --- instructions -------------------------------------------------------------------------------

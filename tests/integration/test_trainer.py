@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts import topics
+from shared.contracts.events import SamplingParams
 from shared.ledger import Ledger
 from shared.runtime.admin import EventPublisher
 from shared.runtime.dlq import read_dlq_headers

@@ -22,11 +22,11 @@ from services.pair_builder.dataset_io import (
 )
 from services.pair_builder.rules import PairRule, build_pairs
 from services.pair_builder.split import split_of
-from services.trainer.dataset import select_pairs
 from shared.blobs.store import BlobStore
 from shared.cli import app
 from shared.contracts import events as ev
 from shared.ledger import Ledger
+from shared.ml.training_pairs import select_pairs
 
 
 def png(colour: str, size: tuple[int, int] = (64, 48)) -> bytes:

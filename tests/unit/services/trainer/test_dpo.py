@@ -13,7 +13,6 @@ from PIL import Image
 from pydantic import ValidationError
 from transformers import AutoModelForImageTextToText
 
-from services.trainer import implicit_reward
 from services.trainer.dpo import (
     DpoJobConfig,
     PairRecord,
@@ -23,13 +22,15 @@ from services.trainer.dpo import (
     train,
     with_reference_logps,
 )
-from services.trainer.implicit_reward import preference_accuracy
 from services.trainer.job import dpo_config
-from services.trainer.preference_data import preference_dataset
 from services.trainer.settings import TrainerSettings
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.transformers_local import TransformersBackend
 from shared.contracts import events as ev
+from shared.contracts.events import SamplingParams
+from shared.ml import implicit_reward
+from shared.ml.implicit_reward import preference_accuracy
+from shared.ml.preference_data import preference_dataset
 from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.errors import PermanentBackendError, TransientBackendError
 from shared.backends.openai_http import (
     build_completion_kwargs,
@@ -28,6 +28,7 @@ from shared.backends.openai_http import (
     retry_after_s,
     server_message,
 )
+from shared.contracts.events import SamplingParams
 
 
 def encoded_image(image_format: str) -> bytes:

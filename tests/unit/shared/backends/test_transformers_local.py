@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from shared.backends.base import ChatMessage, GenerationRequest, SamplingParams
+from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.errors import ContextLengthError, PermanentBackendError
 from shared.backends.transformers_local import (
     TransformersBackend,
@@ -16,6 +16,7 @@ from shared.backends.transformers_local import (
     chat_messages,
     completion_length,
 )
+from shared.contracts.events import SamplingParams
 from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.slow

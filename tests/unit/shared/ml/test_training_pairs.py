@@ -7,11 +7,11 @@ import datasets
 import pytest
 from PIL import Image
 
-from services.trainer.dataset import pair_records, select_pairs
-from services.trainer.preference_data import preference_dataset
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.ledger import Ledger
+from shared.ml.preference_data import preference_dataset
+from shared.ml.training_pairs import pair_records, select_pairs
 from tests.integration.pipeline_helpers import png
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

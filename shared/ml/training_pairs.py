@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.trainer.preference_data import PairRecord
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.ledger import Ledger
+from shared.ml.preference_data import PairRecord
 
 
 def select_pairs(

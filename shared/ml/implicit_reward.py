@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from services.trainer.logps import completion_logps, fused_log_probs
-from services.trainer.preference_data import PairRecord, preference_dataset
+from shared.ml.logps import completion_logps, fused_log_probs
+from shared.ml.preference_data import PairRecord, preference_dataset
 
 
 def implicit_reward_accuracy(
