@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from shared.kafka_local import free_ports
+from devkit.kafka_local import free_ports
 from tests.chaos.driver import ChaosPlan, run_chaos
 
 

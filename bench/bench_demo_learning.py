@@ -28,6 +28,7 @@ from statistics import mean
 
 import torch
 
+from devkit.tinymodels import build_tiny_vlm, warm_up_format
 from services.annotator.verifiable import rate_with_reference
 from services.trainer.dpo import DpoJobConfig, PairRecord, train
 from services.trainer.job import dpo_config as job_dpo_config
@@ -35,11 +36,10 @@ from services.trainer.settings import TrainerSettings
 from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.transformers_local import TransformersBackend
 from shared.contracts.events import SamplingParams
-from shared.demo import demo_train_request
-from shared.demo_data import build_demo_set, format_warm_up_examples
 from shared.ml.answer_matching import match_reference
 from shared.ml.implicit_reward import preference_accuracy
-from shared.tinymodels import build_tiny_vlm, warm_up_format
+from vlf.demo import demo_train_request
+from vlf.demo_data import build_demo_set, format_warm_up_examples
 
 SAMPLER_SEEDS = (0, 1, 2, 3)
 WARM_UP = {"steps": 120, "lr": 3e-3}
@@ -52,7 +52,7 @@ GOAL_PREFERENCE_ACCURACY = 0.9
 
 
 def dpo_config(base_model: Path, loss_type: list[str], seed: int) -> DpoJobConfig:
-    """The demo's own recipe (``shared.demo.demo_train_request``), converted as the trainer converts it,
+    """The demo's own recipe (``vlf.demo.demo_train_request``), converted as the trainer converts it,
     with only the losses and the seed varied: the bench measures what ``make demo`` trains."""
     request = demo_train_request(base_model)
     hparams = request.hparams.model_copy(

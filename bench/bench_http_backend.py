@@ -25,10 +25,10 @@ import httpx
 import typer
 import uvloop
 
+from devkit.kafka_local import free_ports
 from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.openai_http import OpenAIHttpBackend, build_completion_kwargs
 from shared.contracts.events import SamplingParams
-from shared.kafka_local import free_ports
 
 MODEL = "bench-model"
 # (concurrency, number of requests): ten full waves of the concurrency (twenty at 1).
@@ -39,7 +39,7 @@ RUNS = ((1, 20), (16, 200), (64, 640))
 def server_process(latency_s: float, model: str = MODEL) -> Iterator[str]:
     """The test server in a child process; yields its base URL once ``/v1/models`` answers."""
     port = free_ports()
-    command = [sys.executable, "-m", "shared.openai_test_server", "--port", str(port)]
+    command = [sys.executable, "-m", "devkit.openai_test_server", "--port", str(port)]
     command += ["--latency", str(latency_s), "--model", model]
     process = subprocess.Popen(command)
     base_url = f"http://127.0.0.1:{port}/v1"

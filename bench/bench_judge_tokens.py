@@ -17,6 +17,7 @@ import httpx
 import typer
 from prometheus_client import CollectorRegistry
 
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from services.annotator.handler import AnnotatorContext, rate
 from services.annotator.metrics import JudgeMetrics
 from services.annotator.settings import AnnotatorSettings
@@ -24,7 +25,6 @@ from shared.backends.build import build_backend
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import JudgeEntry, Registry
 from tests.integration.judge_responder import judge_responder
 from tests.integration.pipeline_helpers import COLOURS, png

@@ -29,10 +29,10 @@ import typer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from devkit.kafka_local import KAFKA_VERSION, BrokerConfig, free_ports, start_broker, stop_broker
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import decode, encode
-from shared.kafka_local import KAFKA_VERSION, BrokerConfig, free_ports, start_broker, stop_broker
 from shared.ledger import Ledger
 from shared.runtime.admin import ensure_topics
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition

@@ -49,7 +49,7 @@ from kafka import KafkaAdminClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_http_backend import server_process  # noqa: E402
-from shared import kafka_local  # noqa: E402
+from devkit import kafka_local  # noqa: E402
 from shared.contracts import events as ev  # noqa: E402
 from shared.contracts.topics import sampler_group  # noqa: E402
 from shared.ledger import Ledger  # noqa: E402

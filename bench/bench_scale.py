@@ -22,11 +22,11 @@ from pathlib import Path
 import typer
 
 from bench.bench_runtime import local_broker
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings

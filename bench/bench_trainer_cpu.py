@@ -18,9 +18,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import DPOConfig, DPOTrainer
 
+from devkit.tinymodels import build_tiny_vlm
 from services.trainer.dpo import DpoJobConfig, PairRecord, lora_config, train
 from shared.ml.preference_data import preference_dataset
-from shared.tinymodels import build_tiny_vlm
 
 COLOURS = ["red", "green", "blue", "yellow"]
 

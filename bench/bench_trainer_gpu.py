@@ -34,9 +34,9 @@ from transformers import (
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+from devkit.tinymodels import DEFAULT_CORPUS, QWEN2_VL_CHAT_TEMPLATE, qwen2_vl_tokenizer
 from services.trainer.reference import PrecomputedRefDPOTrainer, VisionPreferenceWithRefCollator
 from shared.ml.logps import completion_logps, fused_log_probs
-from shared.tinymodels import DEFAULT_CORPUS, QWEN2_VL_CHAT_TEMPLATE, qwen2_vl_tokenizer
 
 LANGUAGE_MODEL_LINEAR_LAYERS = (
     r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from devkit.tinymodels import FAMILIES, build_tiny_vlm
 from shared.backends.base import ChatMessage, GenerationRequest, GenerationResult
 from shared.backends.transformers_local import TransformersBackend
 from shared.contracts.events import SamplingParams
-from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 
 def requests(count: int, max_tokens: int) -> list[GenerationRequest]:

@@ -1,5 +1,5 @@
 """Shared fixtures. Integration tests run against a real broker: the one named by
-``VLF_TEST_KAFKA_BOOTSTRAP`` (CI and ``make test`` start one with ``shared.kafka_local``), or else
+``VLF_TEST_KAFKA_BOOTSTRAP`` (CI and ``make test`` start one with ``devkit.kafka_local``), or else
 one this session starts on a free port and stops at the end. Never a guess."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     if named:
         yield named
         return
-    from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
+    from devkit.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 
     cfg = BrokerConfig(port=free_ports(2), data_dir=tmp_path_factory.mktemp("kafka"))
     yield start_broker(cfg)

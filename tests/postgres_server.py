@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.kafka_local import free_ports
+from devkit.kafka_local import free_ports
 
 
 def postgres_bin_dir() -> Path:

@@ -1,7 +1,7 @@
 """In-process backend on ``transformers``: any image-text-to-text model, on CPU or one GPU.
 
 Used where no inference server is worth running: tests and the local demo with the tiny models of
-``shared.tinymodels``, small GPU jobs, and the evaluator scoring a freshly trained adapter.
+``devkit.tinymodels``, small GPU jobs, and the evaluator scoring a freshly trained adapter.
 
 Reproducibility: greedy requests (temperature 0) are deterministic. A sampled request with a
 ``seed`` runs alone, on a forked RNG set to its seed (a sampled answer depends on its batch-mates,

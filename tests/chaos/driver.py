@@ -31,16 +31,16 @@ import yaml
 from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
+from devkit.kafka_local import BrokerConfig, restart_broker, start_broker, stop_broker
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from services.pair_builder.rules import PairRule, build_pairs
 from services.pair_builder.split import split_of
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.codec import encode
-from shared.kafka_local import BrokerConfig, restart_broker, start_broker, stop_broker
 from shared.ledger import Ledger
 from shared.ledger.tables import JudgeCallRow
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher, ensure_topics
 from shared.runtime.dlq import read_dlq_headers

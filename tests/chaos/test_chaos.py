@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from shared.kafka_local import free_ports
+from devkit.kafka_local import free_ports
 from tests.chaos.driver import ChaosPlan, run_chaos
 
 

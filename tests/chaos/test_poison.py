@@ -5,7 +5,7 @@ One process per service (sampler m1, plus two samplers whose model entry is brok
 names a model the server does not serve, one talks to a server that always hangs), one annotator,
 one trainer and one evaluator, each fed several poison messages before a valid one. Image URL and
 path problems are refused by ``vlf submit`` before anything is published, so they are checked
-through ``shared.submit.build_instruction``.
+through ``vlf.submit.build_instruction``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore, blob_uri
 from shared.contracts import events as ev
@@ -32,13 +33,12 @@ from shared.contracts import topics
 from shared.contracts.codec import encode
 from shared.errors import PermanentError
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.runtime.admin import ensure_topics
 from shared.runtime.dlq import read_dlq_headers
-from shared.submit import SubmitRecord, build_instruction
 from tests.integration.judge_responder import judge_responder
 from tests.integration.kafka_helpers import create_topics, produce, wait_until
 from tests.integration.pipeline_helpers import Pipeline, png
+from vlf.submit import SubmitRecord, build_instruction
 
 MAX_PIXELS = 10_000
 KINDS = (

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from shared.kafka_local import free_ports
+from devkit.kafka_local import free_ports
 
 TOOLS_BIN = Path(os.environ.get("VLF_TOOLS_BIN", Path.home() / ".cache" / "vlf" / "tools" / "bin"))
 BRIDGE = "vlf0"

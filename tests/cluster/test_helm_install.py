@@ -24,19 +24,19 @@ import httpx
 import pytest
 import yaml
 
+from devkit.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
+from devkit.openai_test_server import RunningServer, TestServerConfig, default_responder, serve_in_thread
 from shared.contracts import events as ev
 from shared.contracts import topics
-from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 from shared.ledger import Ledger
-from shared.openai_test_server import RunningServer, TestServerConfig, default_responder, serve_in_thread
 from shared.settings import CommonSettings
-from shared.status import kafka_numbers
 from tests.cluster.node import Node, single_node
 from tests.conftest import REPO_ROOT
 from tests.integration.judge_responder import judge_responder
 from tests.integration.kafka_helpers import consume_all
 from tests.integration.pipeline_helpers import COLOURS, png
 from tests.postgres_server import postgres_server
+from vlf.status import kafka_numbers
 
 IMAGES = ("localhost/vlf:cpu", "localhost/vlf:cpu-train")
 TOOLS_BIN = Path(os.environ.get("VLF_TOOLS_BIN", Path.home() / ".cache" / "vlf" / "tools" / "bin"))
@@ -245,7 +245,7 @@ class Cluster:
             "VLF_REGISTRY_PATH": str(self.registry_path),
         }
         result = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "submit", str(folder / "instructions.jsonl")],
+            [sys.executable, "-m", "vlf.cli", "submit", str(folder / "instructions.jsonl")],
             env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
         )  # fmt: skip
         assert result.returncode == 0 and f"published {count} instructions" in result.stdout, (
@@ -289,7 +289,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         for folder in ("blobs", "models", "checkpoints"):
             (work / folder).mkdir()
             os.chown(work / folder, IMAGE_UID, IMAGE_UID)
-        from shared.tinymodels import build_tiny_vlm
+        from devkit.tinymodels import build_tiny_vlm
 
         build_tiny_vlm("qwen2_vl", work / "models" / "tiny-qwen", seed=0)
         for path in (work / "models").rglob("*"):
@@ -382,7 +382,7 @@ def test_helm_install_runs_the_pipeline_on_a_real_node(cluster: Cluster, capsys)
     # with the checkpoint on the PersistentVolume, and the evaluator pod scores the checkpoint.
     env = {**os.environ, "VLF_KAFKA_BOOTSTRAP_SERVERS": cluster.settings.kafka_bootstrap_servers}
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "train", "/models/tiny-qwen", "--job-id", "cluster-1",
+        [sys.executable, "-m", "vlf.cli", "train", "/models/tiny-qwen", "--job-id", "cluster-1",
          "--judge", "judge", "--epochs", "1", "--max-steps", "2"],
         env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip

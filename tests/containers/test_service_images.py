@@ -13,22 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devkit.kafka_local import free_ports
+from devkit.openai_test_server import TestServerConfig, default_responder, serve_in_thread
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
-from shared.kafka_local import free_ports
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, default_responder, serve_in_thread
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
-from shared.status import kafka_numbers
-from shared.submit import SubmitRecord, build_instruction
 from tests.containers.podman import CPU_IMAGE, TRAIN_IMAGE, Container, require_image, run_service
 from tests.integration.judge_responder import judge_responder
 from tests.integration.kafka_helpers import wait_until
 from tests.integration.pipeline_helpers import COLOURS, png, write_registry
 from tests.postgres_server import postgres_server
+from vlf.status import kafka_numbers
+from vlf.submit import SubmitRecord, build_instruction
 
 IMAGE_UID = 10001
 INSTRUCTIONS = 12

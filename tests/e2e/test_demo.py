@@ -12,8 +12,8 @@ import re
 import subprocess
 import sys
 
+from devkit.kafka_local import free_ports
 from shared.contracts import events as ev
-from shared.kafka_local import free_ports
 from shared.ledger import Ledger
 from tests.conftest import REPO_ROOT
 
@@ -23,7 +23,7 @@ def test_quick_demo_learns_and_reports_every_stage(tmp_path):
     # The demo starts (and stops) its own broker: here on a free port with its data in tmp_path.
     env = {**os.environ, "VLF_KAFKA_PORT": str(free_ports(2)), "VLF_KAFKA_DATA_DIR": str(tmp_path / "kafka")}
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "demo", "--quick", "--workdir", str(workdir)],
+        [sys.executable, "-m", "vlf.cli", "demo", "--quick", "--workdir", str(workdir)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -10,13 +10,13 @@ from collections import Counter
 import httpx
 import pytest
 
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.contracts.events import Aspect
 from shared.ledger import Ledger
 from shared.ledger.tables import JudgeCallRow
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.runtime.admin import EventPublisher
 from shared.runtime.dlq import read_dlq_headers
 from tests.integration.judge_responder import expected_rating, judge_responder

@@ -20,7 +20,7 @@ from tests.integration.pipeline_helpers import png, write_registry
 
 def _vlf(env: dict, *args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "vlf.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,

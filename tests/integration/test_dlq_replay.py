@@ -15,18 +15,18 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from shared import dlq_tools
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from shared.blobs.store import BlobStore, blob_uri
-from shared.cli.dlq_cmd import app as dlq_app
 from shared.contracts import events as ev
 from shared.contracts.codec import encode
 from shared.contracts.ids import instruction_id
 from shared.contracts.topics import INSTRUCTIONS, sampler_group
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.runtime.admin import EventPublisher
 from tests.integration.kafka_helpers import consume_all, produce, wait_until
 from tests.integration.pipeline_helpers import Pipeline, png, write_registry
+from vlf import dlq_tools
+from vlf.cli.dlq_cmd import app as dlq_app
 
 MODELS = ["m1", "m2"]
 BLOB_NOT_FOUND = ("error.class", "BlobNotFound")

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from services.evaluator.fixtures import build_mme_fixture, build_mmhal_fixture
+from devkit.benchmark_fixtures import build_mme_fixture, build_mmhal_fixture
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
+from devkit.tinymodels import build_tiny_vlm
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts import topics
 from shared.ledger import Ledger
 from shared.ledger.tables import PredictionRow
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.runtime.admin import EventPublisher
 from shared.runtime.dlq import read_dlq_headers
-from shared.tinymodels import build_tiny_vlm
 from tests.integration.kafka_helpers import consume_all, wait_until
 from tests.integration.pipeline_helpers import Pipeline, png, write_registry
 

@@ -8,7 +8,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from shared.kafka_local import (
+from devkit.kafka_local import (
     BrokerConfig,
     BrokerError,
     broker_running,

@@ -15,12 +15,12 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from devkit.openai_test_server import TOKENS_PER_IMAGE, RunningServer, TestServerConfig, serve_in_thread
 from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.build import build_backend
 from shared.backends.errors import ContextLengthError, PermanentBackendError, TransientBackendError
 from shared.backends.openai_http import OpenAIHttpBackend
 from shared.contracts.events import SamplingParams
-from shared.openai_test_server import TOKENS_PER_IMAGE, RunningServer, TestServerConfig, serve_in_thread
 from shared.registry import ModelEntry
 
 API_KEY = "sk-test-0123456789abcdef"

@@ -10,14 +10,14 @@ from pathlib import Path
 from PIL import Image
 from typer.testing import CliRunner
 
-from shared.cli.report_cmd import app as report_app
 from shared.contracts import events as ev
 from shared.ledger import Ledger
-from shared.report.data import gather_report, read_train_progress
-from shared.report.render import write_report
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
 from tests import factories
+from vlf.cli.report_cmd import app as report_app
+from vlf.report.data import gather_report, read_train_progress
+from vlf.report.render import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 # model -> per instruction (helpfulness, faithfulness, ethics); 4 x the first triple, 2 x the second

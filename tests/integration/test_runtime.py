@@ -237,7 +237,7 @@ def test_a_broken_background_task_stops_the_service_loudly(kafka_bootstrap, name
 
 
 def test_probes_report_real_state_and_readiness_follows_the_broker(namespace, ledger_url, ledger, tmp_path):
-    from shared.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
+    from devkit.kafka_local import BrokerConfig, free_ports, start_broker, stop_broker
 
     cfg = BrokerConfig(port=free_ports(2), data_dir=tmp_path / "own-kafka")
     bootstrap = start_broker(cfg)
@@ -284,7 +284,7 @@ def test_a_standby_member_without_partitions_is_ready_and_takes_over(
     update: the member without a partition is healthy and Ready (a readiness that needed a partition
     kept the surge pod unready, and `helm upgrade --wait` timed out), and it takes the partition
     over when the holder stops."""
-    from shared.kafka_local import free_ports
+    from devkit.kafka_local import free_ports
 
     ports = [free_ports() for _ in range(2)]
     env = service_env(kafka_bootstrap, namespace, ledger_url, RECORDER_TOPICS=topics.TRAIN_REQUESTS.name)

@@ -14,19 +14,19 @@ import httpx
 import pytest
 import yaml
 
+from devkit.kafka_local import free_ports
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore, blob_url
 from shared.contracts import events as ev
 from shared.contracts import topics
-from shared.kafka_local import free_ports
 from shared.ledger import Ledger
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
 from shared.runtime.dlq import read_dlq_headers
-from shared.submit import SubmitRecord, build_instruction
 from tests.integration.kafka_helpers import consume_all, wait_until
 from tests.integration.pipeline_helpers import COLOURS, Pipeline, png, write_registry
+from vlf.submit import SubmitRecord, build_instruction
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch", reason="the trainer needs the train extra (
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from shared.tinymodels import build_tiny_vlm
+    from devkit.tinymodels import build_tiny_vlm
 
     root = tmp_path_factory.mktemp("models")
     return {family: build_tiny_vlm(family, root / family) for family in ("qwen2_vl", "llava")}
@@ -191,7 +191,7 @@ def test_the_charts_multi_process_launch_trains_once_and_reports_once(
     import subprocess
     import sys
 
-    from shared.kafka_local import free_ports
+    from devkit.kafka_local import free_ports
 
     pipeline, ledger = _setup(kafka_bootstrap, namespace, ledger_url, tmp_path)
     request = _request("two-procs", str(tiny_models["qwen2_vl"]), max_steps=2)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import String
 
+from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from services.evaluator.handler import EvaluatorContext, handle_eval_request
 from services.evaluator.job import build_answer_backend
 from services.evaluator.settings import EvaluatorSettings
@@ -30,7 +31,6 @@ from shared.jobs import LocalProcessLauncher, UnlaunchableJob
 from shared.ledger import Ledger
 from shared.ledger import tables as t
 from shared.ledger.store import _fact_row
-from shared.openai_test_server import TestServerConfig, serve_in_thread
 from tests import factories
 
 REGISTRY_KEY = "sk-registry-Zq9xk"

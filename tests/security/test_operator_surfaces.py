@@ -19,15 +19,15 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from shared import dlq_tools
 from shared.blobs.errors import ImageSourceRefused, InvalidImage
 from shared.blobs.images import ImagePolicy, load_image_source, validate_image
 from shared.blobs.store import BlobStore
-from shared.cli import app as vlf
 from shared.http.app import create_app
 from shared.ledger import Ledger
 from shared.runtime.service import settings_view
 from shared.settings import CommonSettings
+from vlf import dlq_tools
+from vlf.cli import app as vlf
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "hunter2-Sup3rSecret"

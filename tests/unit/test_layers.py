@@ -1,6 +1,7 @@
-"""The import rule between layers (README, Layout): contracts at the bottom, then the library the
-services share, then the services, then the operator's application. Nothing imports upward and no
-service imports another; a change that breaks the rule fails here with the offending import."""
+"""The import rule between layers (README, Architecture): the contracts at the bottom, then the rest
+of ``shared`` (runtime, stores, backends, ML pieces), then the services, then the operator's
+application (``vlf``) and the dev and test kit (``devkit``). Nothing imports upward and no service
+imports another; a change that breaks the rule fails here, naming the import."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# The operator's application (CLI, demo, report): above the services, so it may import them.
-APPLICATION = ("shared.cli", "shared.report", "shared.demo", "shared.demo_data")
+ABOVE_THE_SERVICES = ("vlf", "devkit")
 # What the contracts may use besides the standard library: they are the bottom layer.
 CONTRACTS_MAY_IMPORT = ("pydantic", "shared.contracts", "shared.errors")
 
@@ -42,17 +42,18 @@ def _within(name: str, packages: tuple[str, ...]) -> bool:
 
 
 @pytest.mark.parametrize("module", _modules("services"))
-def test_no_service_imports_another(module: str) -> None:
+def test_no_service_imports_another_or_anything_above_the_services(module: str) -> None:
     service = ".".join(module.split(".")[:2])
-    others = {
-        name for name in _imports(module) if name.startswith("services.") and not _within(name, (service,))
-    }
+    imported = _imports(module)
+    others = {name for name in imported if _within(name, ("services",)) and not _within(name, (service,))}
+    upward = {name for name in imported if _within(name, ABOVE_THE_SERVICES)}
     assert not others, f"{module} imports another service: {sorted(others)}"
+    assert not upward, f"{module} imports the application or the dev kit: {sorted(upward)}"
 
 
-@pytest.mark.parametrize("module", [m for m in _modules("shared") if not _within(m, APPLICATION)])
-def test_the_shared_library_imports_no_service(module: str) -> None:
-    upward = {name for name in _imports(module) if _within(name, ("services",))}
+@pytest.mark.parametrize("module", _modules("shared"))
+def test_the_shared_library_imports_nothing_above_it(module: str) -> None:
+    upward = {name for name in _imports(module) if _within(name, ("services", *ABOVE_THE_SERVICES))}
     assert not upward, f"{module} (below the services) imports {sorted(upward)}"
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.benchmark_fixtures import build_mme_fixture
 from services.evaluator.errors import BenchmarkFormatError, PredictionCountError
-from services.evaluator.fixtures import build_mme_fixture
 from services.evaluator.mme import (
     MmeItem,
     MmePrediction,

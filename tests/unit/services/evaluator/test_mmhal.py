@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.benchmark_fixtures import build_mmhal_fixture
 from services.evaluator.errors import BenchmarkFormatError, JudgeTemplateError
-from services.evaluator.fixtures import build_mmhal_fixture
 from services.evaluator.mmhal import (
     QUESTION_TYPES,
     build_mmhal_judge_prompt,

@@ -23,10 +23,10 @@ from services.pair_builder.dataset_io import (
 from services.pair_builder.rules import PairRule, build_pairs
 from services.pair_builder.split import split_of
 from shared.blobs.store import BlobStore
-from shared.cli import app
 from shared.contracts import events as ev
 from shared.ledger import Ledger
 from shared.ml.training_pairs import select_pairs
+from vlf.cli import app
 
 
 def png(colour: str, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -290,7 +290,7 @@ def test_preference_export_is_trl_conversational_format_with_images(pair_dataset
 def test_trl_vision_collator_accepts_the_exported_rows(pair_dataset):
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-    from shared.tinymodels import DEFAULT_CORPUS, qwen2_vl_parts
+    from devkit.tinymodels import DEFAULT_CORPUS, qwen2_vl_parts
 
     _, out = pair_dataset
     _, processor = qwen2_vl_parts(DEFAULT_CORPUS)

@@ -13,6 +13,7 @@ from PIL import Image
 from pydantic import ValidationError
 from transformers import AutoModelForImageTextToText
 
+from devkit.tinymodels import FAMILIES, build_tiny_vlm
 from services.trainer.dpo import (
     DpoJobConfig,
     PairRecord,
@@ -31,7 +32,6 @@ from shared.contracts.events import SamplingParams
 from shared.ml import implicit_reward
 from shared.ml.implicit_reward import preference_accuracy
 from shared.ml.preference_data import preference_dataset
-from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 

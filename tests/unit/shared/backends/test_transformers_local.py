@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from devkit.tinymodels import FAMILIES, build_tiny_vlm
 from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.errors import ContextLengthError, PermanentBackendError
 from shared.backends.transformers_local import (
@@ -17,7 +18,6 @@ from shared.backends.transformers_local import (
     completion_length,
 )
 from shared.contracts.events import SamplingParams
-from shared.tinymodels import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 

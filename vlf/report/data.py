@@ -20,14 +20,14 @@ from shared.contracts import events as ev
 from shared.contracts.topics import TRAIN_PROGRESS
 from shared.ledger import Ledger
 from shared.ledger.tables import JobRow
-from shared.report.results_table import build_results_table
 from shared.settings import CommonSettings
+from vlf.report.results_table import build_results_table
 
 RATING_LEVELS = (1, 2, 3, 4, 5)
 MARGIN_BIN_WIDTH = 0.5
 PROGRESS_READ_TIMEOUT_S = 60.0
 
-# EvalResult (benchmark, metric) -> results-table column (see shared/report/results_table.py).
+# EvalResult (benchmark, metric) -> results-table column (see vlf/report/results_table.py).
 EVAL_COLUMNS: dict[tuple[str, str], str] = {
     ("mme", "perception"): "mme_perception",
     ("mme", "cognition"): "mme_cognition",

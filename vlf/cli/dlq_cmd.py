@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shared import dlq_tools
 from shared.settings import CommonSettings
+from vlf import dlq_tools
 
 app = typer.Typer(
     help="Dead-letter queues: list letters, replay them to their source topic.", no_args_is_help=True

@@ -12,13 +12,13 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from shared import kafka_local
-from shared.cli.dataset_cmd import export_app, import_command, stats_command
-from shared.cli.dlq_cmd import app as dlq_app
-from shared.cli.report_cmd import app as report_app
+from devkit import kafka_local
 from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.settings import CommonSettings
+from vlf.cli.dataset_cmd import export_app, import_command, stats_command
+from vlf.cli.dlq_cmd import app as dlq_app
+from vlf.cli.report_cmd import app as report_app
 
 app = typer.Typer(
     help="VLFeedback pipeline: sample, judge, pair, train and evaluate LVLMs over Kafka.",
@@ -71,7 +71,7 @@ def submit(
     ] = True,
 ) -> None:
     """Publish instructions: images go to the blob store, events to vlf.instructions.v1."""
-    from shared.submit import folder_records, read_jsonl, submit_records
+    from vlf.submit import folder_records, read_jsonl, submit_records
 
     settings = CommonSettings()
     if not source.exists():
@@ -104,7 +104,7 @@ def submit(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Per stage: submitted, answered, rated, paired; jobs; spend; DLQ sizes; consumer lag."""
-    from shared.status import pipeline_status
+    from vlf.status import pipeline_status
 
     settings = CommonSettings()
     ledger = Ledger(settings.ledger_url)
@@ -152,7 +152,7 @@ def up(
     import subprocess
     import sys
 
-    from shared.procfile import procfile
+    from vlf.procfile import procfile
 
     settings = CommonSettings()
     if not settings.registry_path.exists():
@@ -234,7 +234,7 @@ def demo(
     ),
 ) -> None:
     """The whole loop on tiny offline models: sample, judge, pair, train, evaluate, report."""
-    from shared.demo import FULL, QUICK, run_demo
+    from vlf.demo import FULL, QUICK, run_demo
 
     try:
         result = run_demo(workdir, QUICK if quick else FULL, console)

@@ -6,7 +6,7 @@ trains a small byte-level BPE tokenizer in memory, wraps it with each family's s
 chat template, builds a few-layer model from a hand-made config and saves everything with
 ``save_pretrained``. A build takes seconds on a CPU.
 
-CLI: ``python -m shared.tinymodels --family qwen2_vl --out .vlf/models/tiny-qwen2-vl``
+CLI: ``python -m devkit.tinymodels --family qwen2_vl --out .vlf/models/tiny-qwen2-vl``
 """
 
 from __future__ import annotations

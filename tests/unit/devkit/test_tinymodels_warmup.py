@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
+from devkit.tinymodels import answer_only_batch, build_tiny_vlm, warm_up_format
 from shared.backends.base import ChatMessage, GenerationRequest
 from shared.backends.transformers_local import TransformersBackend
 from shared.contracts.events import SamplingParams
-from shared.demo_data import COLOURS, DEMO_PROMPT, demo_image, format_warm_up_examples
-from shared.tinymodels import answer_only_batch, build_tiny_vlm, warm_up_format
+from vlf.demo_data import COLOURS, DEMO_PROMPT, demo_image, format_warm_up_examples
 
 pytestmark = pytest.mark.slow
 

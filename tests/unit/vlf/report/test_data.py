@@ -6,8 +6,8 @@ import pytest
 
 from shared.contracts import events as ev
 from shared.ledger.tables import JobRow
-from shared.report.data import eval_metrics, margin_histogram, rating_stats, results_table, train_curves
 from tests import factories
+from vlf.report.data import eval_metrics, margin_histogram, rating_stats, results_table, train_curves
 
 
 def test_rating_histogram_counts_rounded_swap_means_and_keeps_exact_mean():

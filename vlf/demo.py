@@ -21,12 +21,12 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import Progress
 
-from shared import kafka_local
+from devkit import kafka_local
 from shared.contracts import events as ev
 from shared.ledger import Ledger
-from shared.procfile import procfile
 from shared.registry import Registry
 from shared.settings import CommonSettings
+from vlf.procfile import procfile
 
 DEMO_NOTE = (
     "The models are tiny random-init VLMs built on this machine and warmed up only to answer with one "
@@ -75,8 +75,8 @@ def demo_train_request(base_model: Path) -> ev.TrainRequest:
 def build_models(models_dir: Path, console: Console) -> list[Path]:
     """Four tiny Qwen2-VL models (different seeds), each warmed up on the answer format only: answers
     are random colour words, so each model answers with one colour word but at chance."""
-    from shared.demo_data import format_warm_up_examples
-    from shared.tinymodels import build_tiny_vlm, warm_up_format
+    from devkit.tinymodels import build_tiny_vlm, warm_up_format
+    from vlf.demo_data import format_warm_up_examples
 
     paths = []
     for seed in range(SAMPLER_COUNT):
@@ -137,9 +137,9 @@ def eval_metric(ledger: Ledger, model_name: str, benchmark: str, metric: str) ->
 
 def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
     """Run the loop; every process the demo starts is stopped before it returns."""
-    from shared.demo_data import build_demo_set
-    from shared.status import kafka_numbers
-    from shared.submit import SubmitRecord, read_jsonl, submit_records
+    from vlf.demo_data import build_demo_set
+    from vlf.status import kafka_numbers
+    from vlf.submit import SubmitRecord, read_jsonl, submit_records
 
     workdir = workdir.resolve()
     if workdir.exists():
@@ -228,8 +228,8 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
             wait_for("DPO training", lambda: ledger.count(ev.Checkpoint), 1, size.timeout_s, progress)
             expected = 3 + 2  # tuned: greedy, preference, mme; base: greedy, mme
             wait_for("evaluation", lambda: ledger.count(ev.EvalResult), expected, size.timeout_s, progress)
-        from shared.report.data import gather_report, read_train_progress
-        from shared.report.render import write_report
+        from vlf.report.data import gather_report, read_train_progress
+        from vlf.report.render import write_report
 
         dlq_sizes, _lag_by_group = kafka_numbers(settings)
         progress = read_train_progress(settings)

@@ -18,7 +18,7 @@ Layout: ``<cache_dir>/libs`` holds the jars (``.complete`` marks a finished fetc
 and the log segments under ``logs/``. Stopping keeps the data dir, so a restart keeps topics and
 committed offsets (what the chaos tests rely on).
 
-CLI: ``python -m shared.kafka_local up|down|status [--port N] [--data-dir D] [--cache-dir C]``;
+CLI: ``python -m devkit.kafka_local up|down|status [--port N] [--data-dir D] [--cache-dir C]``;
 ``VLF_KAFKA_PORT``, ``VLF_KAFKA_DATA_DIR``, ``VLF_KAFKA_CACHE_DIR``, ``VLF_KAFKA_VERSION`` set the
 defaults.
 """

@@ -10,7 +10,7 @@ Token counting rule (reported in ``usage``): prompt tokens = whitespace-separate
 text in the messages + ``TOKENS_PER_IMAGE`` per image; completion tokens = words of the reply.
 The reply is cut to ``max_tokens`` words, with ``finish_reason`` "length" when cut.
 
-Run: ``python -m shared.openai_test_server --port 8001 --latency 0.2 --fail-429-rate 0.1``.
+Run: ``python -m devkit.openai_test_server --port 8001 --latency 0.2 --fail-429-rate 0.1``.
 """
 
 from __future__ import annotations

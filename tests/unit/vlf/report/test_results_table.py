@@ -4,7 +4,7 @@ import pytest
 
 from services.evaluator.mme import MmeScores
 from services.evaluator.mmhal import MmhalScores
-from shared.report.results_table import build_results_table, metrics_from_scores, render_results_markdown
+from vlf.report.results_table import build_results_table, metrics_from_scores, render_results_markdown
 
 # The paper's Table: Qwen-VL-Chat vs Silkie.
 PAPER_BASE = {"mme_perception": 1440.5, "mme_cognition": 362.5, "mmhal_score": 2.89}

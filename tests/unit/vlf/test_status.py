@@ -3,7 +3,7 @@
 import pytest
 
 from shared.registry import ModelEntry, Registry
-from shared.status import model_spend_usd
+from vlf.status import model_spend_usd
 
 
 def entry(model_id: str, price_in: float, price_out: float) -> ModelEntry:

@@ -8,9 +8,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from shared.report.data import RATING_LEVELS, ReportData
-from shared.report.results_table import COLUMNS
-from shared.report.svg import grouped_bar_chart, line_chart
+from vlf.report.data import RATING_LEVELS, ReportData
+from vlf.report.results_table import COLUMNS
+from vlf.report.svg import grouped_bar_chart, line_chart
 
 TEMPLATE = "template.html.j2"
 TRAIN_METRICS = (

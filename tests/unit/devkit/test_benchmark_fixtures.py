@@ -2,7 +2,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from services.evaluator.fixtures import COLOURS, build_mme_fixture, build_mmhal_fixture
+from devkit.benchmark_fixtures import COLOURS, build_mme_fixture, build_mmhal_fixture
 
 
 def test_mme_fixture_images_show_what_the_yes_question_says(tmp_path: Path) -> None:

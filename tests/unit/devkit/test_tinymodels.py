@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from shared.tinymodels import FAMILIES, build_tiny_vlm, main
+from devkit.tinymodels import FAMILIES, build_tiny_vlm, main
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.dlq_tools import (
+from vlf.dlq_tools import (
     DeadLetter,
     DlqToolError,
     ReplayMark,

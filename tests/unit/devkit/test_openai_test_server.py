@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from shared.openai_test_server import (
+from devkit.openai_test_server import (
     TOKENS_PER_IMAGE,
     ChatCompletionRequest,
     TestServerConfig,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from services.evaluator.fixtures import COLOURS, SHAPES, build_mme_fixture
+from devkit.benchmark_fixtures import COLOURS, SHAPES, build_mme_fixture
 
 __all__ = [
     "COLOURS",
@@ -125,7 +125,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def format_warm_up_examples(count: int, seed: int) -> list[tuple[bytes, str, str]]:
-    """``(image, prompt, answer)`` for ``shared.tinymodels.warm_up_format``, each answer a RANDOM colour.
+    """``(image, prompt, answer)`` for ``devkit.tinymodels.warm_up_format``, each answer a RANDOM colour.
 
     The answer is drawn independently of the drawn colour, so a model trained on these learns the
     one-word format but nothing about colours: it starts the demo at chance.

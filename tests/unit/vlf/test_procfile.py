@@ -1,5 +1,5 @@
-from shared.procfile import procfile
 from shared.registry import Registry
+from vlf.procfile import procfile
 
 
 def test_one_process_per_model_and_judge_with_distinct_ports():

@@ -6,8 +6,8 @@ from collections import Counter
 
 from PIL import Image
 
-from shared.demo_data import COLOURS, DEMO_PROMPT, build_demo_set, demo_image, format_warm_up_examples
-from shared.submit import SubmitRecord
+from vlf.demo_data import COLOURS, DEMO_PROMPT, build_demo_set, demo_image, format_warm_up_examples
+from vlf.submit import SubmitRecord
 
 
 def read_jsonl(path):

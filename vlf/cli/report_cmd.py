@@ -31,9 +31,9 @@ def report(
     ] = False,
 ) -> None:
     """Counts, rating distributions, judge bias, pair margins, training curves, base vs tuned."""
-    from shared.report.data import gather_report, read_train_progress
-    from shared.report.render import write_report
-    from shared.status import kafka_numbers
+    from vlf.report.data import gather_report, read_train_progress
+    from vlf.report.render import write_report
+    from vlf.status import kafka_numbers
 
     settings = CommonSettings()
     ledger = Ledger(settings.ledger_url)
