@@ -67,7 +67,11 @@ def replica_fleet(settings: CommonSettings, env: dict[str, str], log_dir: Path, 
         )  # fmt: skip
     fleet.add(
         Service(
-            "pair-builder", "services.pair_builder", env, "vlf-pair-builder", [ns + topics.ANNOTATIONS.name]
+            "pair-builder",
+            "services.pair_builder",
+            env,
+            topics.PAIR_BUILDER_GROUP,
+            [ns + topics.ANNOTATIONS.name],
         )
     )
     return fleet

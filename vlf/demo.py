@@ -23,6 +23,7 @@ from rich.progress import Progress
 
 from devkit import kafka_local
 from shared.contracts import events as ev
+from shared.contracts import topics
 from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.settings import CommonSettings
@@ -256,4 +257,4 @@ def run_demo(workdir: Path, size: DemoSize, console: Console) -> DemoResult:
 def _lag(kafka_numbers: Callable, settings: CommonSettings) -> int:
     """Unconsumed annotations of the pair builder (0 once every rating has been paired)."""
     _dlq, lag = kafka_numbers(settings)
-    return lag.get("vlf-pair-builder", 1)
+    return lag.get(topics.PAIR_BUILDER_GROUP, 1)

@@ -17,7 +17,7 @@ from services.evaluator.handler import (
     handle_eval_request,
 )
 from services.evaluator.settings import EvaluatorSettings
-from shared.contracts.topics import CHECKPOINTS, EVAL_REQUESTS, EVAL_RESULTS
+from shared.contracts.topics import CHECKPOINTS, EVAL_REQUESTS, EVAL_RESULTS, EVALUATOR_GROUP
 from shared.jobs import JobSupervisor, LocalProcessLauncher
 from shared.ledger import Ledger
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
@@ -58,7 +58,7 @@ def main() -> None:
     ctx = EvaluatorContext(ledger=ledger, settings=settings, registry_path=common.registry_path)
     definition = ServiceDefinition(
         name="evaluator",
-        group_id="vlf-evaluator",
+        group_id=EVALUATOR_GROUP,
         routes={
             CHECKPOINTS.name: partial(handle_checkpoint, ctx=ctx),
             EVAL_REQUESTS.name: partial(handle_eval_request, ctx=ctx),

@@ -6,7 +6,7 @@ from functools import partial
 
 from services.pair_builder.handler import PairBuilderContext, handle_annotation
 from services.pair_builder.settings import PairBuilderSettings
-from shared.contracts.topics import ANNOTATIONS, PAIRS
+from shared.contracts.topics import ANNOTATIONS, PAIR_BUILDER_GROUP, PAIRS
 from shared.ledger import Ledger
 from shared.runtime.kafka_runtime import ServiceDefinition
 from shared.runtime.service import serve
@@ -23,7 +23,7 @@ def main() -> None:
     )
     definition = ServiceDefinition(
         name="pair-builder",
-        group_id="vlf-pair-builder",
+        group_id=PAIR_BUILDER_GROUP,
         routes={ANNOTATIONS.name: partial(handle_annotation, ctx=ctx)},
         produces=(PAIRS,),
         ready_checks={"ledger": ledger.ping},

@@ -9,7 +9,7 @@ from functools import partial
 from services.trainer.handler import TrainerContext, handle_train_request
 from services.trainer.settings import TrainerSettings
 from shared.contracts import events as ev
-from shared.contracts.topics import TRAIN_PROGRESS, TRAIN_REQUESTS
+from shared.contracts.topics import TRAIN_PROGRESS, TRAIN_REQUESTS, TRAINER_GROUP
 from shared.jobs import JobLauncher, JobSupervisor, LocalProcessLauncher
 from shared.ledger import Ledger
 from shared.runtime.kafka_runtime import KafkaRuntime, ServiceDefinition
@@ -56,7 +56,7 @@ def main() -> None:
 
     definition = ServiceDefinition(
         name="trainer",
-        group_id="vlf-trainer",
+        group_id=TRAINER_GROUP,
         routes={TRAIN_REQUESTS.name: partial(handle_train_request, ctx=TrainerContext(ledger=ledger))},
         produces=(TRAIN_PROGRESS,),
         ready_checks={"ledger": ledger.ping},

@@ -66,6 +66,13 @@ def topic(name: str) -> TopicSpec:
         raise KeyError(f"unknown topic {name!r}; known: {sorted(_BY_NAME)}") from None
 
 
+# The consumer groups of the single-group services; samplers and annotators have one group per
+# model or judge (below). The chart's KEDA triggers and `vlf status` read lag by these names.
+PAIR_BUILDER_GROUP = "vlf-pair-builder"
+TRAINER_GROUP = "vlf-trainer"
+EVALUATOR_GROUP = "vlf-evaluator"
+
+
 def sampler_group(model_id: str) -> str:
     """The consumer group of a model's samplers: its replicas share the instructions (the chart's
     KEDA trigger scales on this group's lag)."""

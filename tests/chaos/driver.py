@@ -233,7 +233,7 @@ def pipeline_fleet(settings: CommonSettings, base_env: dict[str, str], log_dir: 
                 topics.annotator_group(JUDGE_ID), [ns + topics.RESPONSES.name])
     )  # fmt: skip
     fleet.add(
-        Service("pair-builder", "services.pair_builder", base_env, "vlf-pair-builder",
+        Service("pair-builder", "services.pair_builder", base_env, topics.PAIR_BUILDER_GROUP,
                 [ns + topics.ANNOTATIONS.name])
     )  # fmt: skip
     return fleet

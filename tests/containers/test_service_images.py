@@ -18,6 +18,7 @@ from devkit.openai_test_server import TestServerConfig, default_responder, serve
 from shared.blobs.images import ImagePolicy
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
+from shared.contracts import topics
 from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.runtime.admin import EventPublisher
@@ -124,7 +125,9 @@ def test_service_images_start_answer_probes_and_turn_instructions_into_pairs(
         with EventPublisher(settings) as publisher:
             publisher.publish(instructions)
         wait_until(lambda: ledger.count(ev.Annotation) == INSTRUCTIONS, 120, "every instruction rated")
-        wait_until(lambda: kafka_numbers(settings)[1].get("vlf-pair-builder") == 0, 60, "every rating paired")
+        wait_until(
+            lambda: kafka_numbers(settings)[1].get(topics.PAIR_BUILDER_GROUP) == 0, 60, "every rating paired"
+        )
         pairs = ledger.count(ev.Pair)
     finally:
         exits = {c.name: (c.stop(), c.logs()[-2000:]) for c in containers}
