@@ -392,7 +392,7 @@ class KafkaRuntime:
         self._abandon.set()
         # Lanes waiting out a backoff or a publish retry see the abandon at once. A handler still
         # running cannot be interrupted and is not waited for: its message stays uncommitted and is
-        # redelivered. (Waiting 30 s for it kept a slow handler's service alive far past the grace.)
+        # redelivered; waiting for it would keep the service alive past its grace period.
         self._lanes.join(timeout_s=ABANDONED_LANES_JOIN_S)
         self._commit()
         if self._consumer is not None:
