@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, Counter
+
 from shared.ledger import Ledger
 from shared.paths import PathEscapeError, within
 
@@ -92,6 +94,21 @@ class JobSupervisor:
     max_attempts: int = 3
     max_parallel: int = 1
     on_failed: Callable[[str, str], None] = lambda job_id, reason: None
+    # The service's /metrics registry: rounds done and rounds failed show that supervision is alive
+    # (a stuck or failing supervisor leaves queued jobs waiting while the service looks healthy).
+    registry: CollectorRegistry | None = None
+
+    def __post_init__(self) -> None:
+        registry = self.registry or CollectorRegistry()
+        self._rounds = Counter(
+            "vlf_job_supervision_rounds", "Job supervision rounds done.", ["kind"], registry=registry
+        ).labels(kind=self.kind)
+        self._failed_rounds = Counter(
+            "vlf_job_supervision_failed_rounds",
+            "Job supervision rounds that raised (ledger or cluster API unreachable).",
+            ["kind"],
+            registry=registry,
+        ).labels(kind=self.kind)
 
     def run(self, stopped: threading.Event, interval_s: float = 1.0) -> None:
         """Supervise until ``stopped`` is set, then stop the launcher (its jobs resume later).
@@ -104,7 +121,10 @@ class JobSupervisor:
                 try:
                     self.tick()
                 except Exception:
+                    self._failed_rounds.inc()
                     log.exception("%s job supervision round failed; retrying", self.kind)
+                else:
+                    self._rounds.inc()
         finally:
             self.launcher.stop()
 

@@ -46,6 +46,7 @@ def supervise_jobs(
         launcher=LocalProcessLauncher(module=JOB_MODULE, log_dir=settings.job_log_dir),
         max_attempts=settings.max_attempts,
         on_failed=partial(publish_failure, ledger, runtime),
+        registry=runtime.registry,
     )
     supervisor.run(stopped)
 

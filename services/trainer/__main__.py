@@ -51,6 +51,7 @@ def main() -> None:
             max_attempts=settings.max_attempts,
             max_parallel=settings.max_parallel_jobs,
             on_failed=failed,
+            registry=runtime.registry,
         )
         supervisor.run(stopped)
 

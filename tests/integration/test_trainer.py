@@ -7,9 +7,12 @@ import os
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
+import torch  # noqa: F401 - the train extra: without it this module fails, not skips
 import yaml
 
+from devkit.kafka_local import free_ports
 from shared.backends.base import ChatMessage, GenerationRequest
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
@@ -21,7 +24,7 @@ from shared.runtime.dlq import read_dlq_headers
 from tests.integration.kafka_helpers import consume_all, wait_until
 from tests.integration.pipeline_helpers import COLOURS, Pipeline, png, write_registry
 
-torch = pytest.importorskip("torch", reason="the trainer needs the train extra (make setup installs it)")
+SUPERVISION_ROUNDS = 'vlf_job_supervision_rounds_total{kind="train"}'
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +229,17 @@ def test_the_charts_multi_process_launch_trains_once_and_reports_once(
     assert _generates(checkpoint)
 
 
+def _supervision_rounds(port: int) -> float:
+    """Rounds the trainer's job supervisor has done, from its /metrics (0 until it serves them)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.ConnectError:
+        return 0.0
+    return next(
+        (float(line.split()[-1]) for line in text.splitlines() if line.startswith(SUPERVISION_ROUNDS)), 0.0
+    )
+
+
 def test_on_kubernetes_each_run_is_a_job_that_survives_trainer_restarts(
     kafka_bootstrap, namespace, ledger_url, tmp_path
 ):
@@ -233,7 +247,6 @@ def test_on_kubernetes_each_run_is_a_job_that_survives_trainer_restarts(
     kubelet, so the test writes each Job's end state): one Job per run from the chart's template, no
     second run beside a live one after a restart, a new run when one ends without a result, and a
     failed job after max_attempts."""
-    import time
 
     from kubernetes import client
 
@@ -275,8 +288,11 @@ def test_on_kubernetes_each_run_is_a_job_that_survives_trainer_restarts(
 
             os.killpg(trainer.pid, signal.SIGKILL)  # the trainer pod dies; its Job keeps running
             trainer.wait(timeout=30)
-            pipeline.start("services.trainer", "trainer-2", **env)
-            time.sleep(10)  # several supervisor ticks of the new trainer
+            port = free_ports()
+            pipeline.start("services.trainer", "trainer-2", **env, VLF_HTTP_PORT=str(port))
+            wait_until(
+                lambda: _supervision_rounds(port) >= 5, 60, "five supervision rounds of the new trainer"
+            )
             assert [job.metadata.name for job in runs()] == [first.metadata.name]
             assert ledger.job("on-k8s").attempts == 1
 
@@ -287,7 +303,8 @@ def test_on_kubernetes_each_run_is_a_job_that_survives_trainer_restarts(
 
             cluster.end_job(second.metadata.name, NAMESPACE, "Failed")
             wait_until(lambda: ledger.job("on-k8s").status == "failed", 60, "the job to be given up")
-            time.sleep(3)
+            rounds = _supervision_rounds(port)
+            wait_until(lambda: _supervision_rounds(port) >= rounds + 3, 60, "three more supervision rounds")
             assert len(runs()) == 2
     finally:
         failures = [f for f in pipeline.stop_all() if "trainer-1" not in f]

@@ -632,6 +632,7 @@ def test_monitoring_renders_alerts_and_a_dashboard_over_the_pipeline_metrics(
         "VlfGatherTimeoutRatingFailed",
         "VlfConsumerLagHigh",
         "VlfJudgeSpendRateHigh",
+        "VlfJobSupervisionFailing",
         "VlfServiceDown",
     }
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"

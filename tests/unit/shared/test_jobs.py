@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
 
 from shared.jobs import JobSupervisor, LocalProcessLauncher
 from shared.k8s_jobs import JOB_ID_ANNOTATION, KubernetesJobLauncher, job_manifest
@@ -35,6 +36,43 @@ class ScriptedLauncher:
 
     def stop(self) -> None:
         self.alive.clear()
+
+
+@dataclass
+class FlakyLauncher(ScriptedLauncher):
+    """Its first ``running()`` fails, as a cluster API that is briefly away."""
+
+    calls: int = 0
+
+    def running(self) -> set[str]:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("API server unreachable")
+        return super().running()
+
+
+def test_supervision_rounds_and_failed_rounds_are_on_the_services_metrics(ledger: Ledger) -> None:
+    registry = CollectorRegistry()
+    launcher = FlakyLauncher()
+    supervisor = JobSupervisor(ledger, "train", launcher, registry=registry)
+    ledger.create_job("j1", "train", {})
+    stopped = threading.Event()
+
+    def rounds(name: str) -> float:
+        return registry.get_sample_value(f"vlf_job_supervision_{name}_total", {"kind": "train"}) or 0.0
+
+    thread = threading.Thread(target=supervisor.run, args=(stopped, 0.01))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while rounds("rounds") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stopped.set()
+        thread.join(timeout=10)
+    assert rounds("failed_rounds") == 1
+    assert rounds("rounds") >= 3
+    assert launcher.started == [("j1", 1)]  # the round after the failure started the job
 
 
 def test_a_job_that_ends_without_a_result_is_started_again_then_given_up(ledger: Ledger) -> None:
