@@ -27,15 +27,25 @@ def _text_of(message: dict) -> str:
     return "\n".join(part["text"] for part in content if part["type"] == "text")
 
 
+def shown_answers(prompt: str) -> list[str]:
+    """The answers a judge prompt shows, in the order shown."""
+    return [text for _, text in ANSWER.findall(prompt)]
+
+
+def asked_aspects(prompt: str) -> list[Aspect]:
+    """The aspects a judge prompt asks to rate (all three, or one in per-aspect mode)."""
+    task = prompt[prompt.index("# Reply format") :]
+    return [a for a in Aspect if a.value in task.split("with a whole number")[0]]
+
+
 def judge_responder(request: dict) -> str:
     messages = request["messages"]
     prompt = _text_of(messages[0])
     is_repair = len(messages) > 1
     if "GARBAGE-ALWAYS" in prompt or ("GARBAGE-ONCE" in prompt and not is_repair):
         return "I would rather not rate these answers today."
-    answers = [text for _, text in ANSWER.findall(prompt)]
-    task = prompt[prompt.index("# Reply format") :]
-    aspects = [a for a in Aspect if a.value in task.split("with a whole number")[0]]
+    answers = shown_answers(prompt)
+    aspects = asked_aspects(prompt)
     if request.get("response_format"):
         return json.dumps(
             {
