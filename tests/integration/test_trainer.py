@@ -113,6 +113,7 @@ def test_requests_become_checkpoints_that_reload_and_generate(
         _request("qwen-lora", str(tiny_models["qwen2_vl"])),
         _request("llava-lora", str(tiny_models["llava"])),
         _request("qwen-full", str(tiny_models["qwen2_vl"]), use_lora=False),
+        _request("qwen-merged", str(tiny_models["qwen2_vl"]), merge_adapter=True),
         _request("bad-path", "/nonexistent/model"),
         _request("bad-hub", "no-such-org/no-such-model"),
         _request(
@@ -124,7 +125,7 @@ def test_requests_become_checkpoints_that_reload_and_generate(
             publisher.publish(requests)
         pipeline.start("services.trainer", "trainer")
         wait_until(
-            lambda: ledger.count(ev.Checkpoint) == 3 and len(ledger.jobs(status="failed")) == 2, 420, "jobs"
+            lambda: ledger.count(ev.Checkpoint) == 4 and len(ledger.jobs(status="failed")) == 2, 420, "jobs"
         )
     finally:
         failures = pipeline.stop_all()
@@ -134,7 +135,10 @@ def test_requests_become_checkpoints_that_reload_and_generate(
         "qwen-lora": "adapter",
         "llava-lora": "adapter",
         "qwen-full": "full",
+        "qwen-merged": "merged",
     }
+    merged = Path(checkpoints["qwen-merged"].artifact_uri.removeprefix("file://"))
+    assert not (merged / "adapter_config.json").exists(), "merged: loads without the adapter or PEFT"
     for checkpoint in checkpoints.values():
         assert checkpoint.metrics["steps"] == 2
         assert isinstance(_generates(checkpoint), str)
@@ -144,7 +148,7 @@ def test_requests_become_checkpoints_that_reload_and_generate(
     progress = [
         json.loads(r.value) for r in consume_all(kafka_bootstrap, namespace + topics.TRAIN_PROGRESS.name)
     ]
-    for job_id in ("qwen-lora", "llava-lora", "qwen-full"):
+    for job_id in ("qwen-lora", "llava-lora", "qwen-full", "qwen-merged"):
         statuses = [p["status"] for p in progress if p["job_id"] == job_id]
         assert statuses[0] == "queued" and statuses[-1] == "completed" and "running" in statuses
         running = [p for p in progress if p["job_id"] == job_id and p["status"] == "running"]
@@ -193,8 +197,6 @@ def test_the_charts_multi_process_launch_trains_once_and_reports_once(
     CPU (gloo) instead of DeepSpeed on GPUs: one artifact, one checkpoint event, one completed job."""
     import subprocess
     import sys
-
-    from devkit.kafka_local import free_ports
 
     pipeline, ledger = _setup(kafka_bootstrap, namespace, ledger_url, tmp_path)
     request = _request("two-procs", str(tiny_models["qwen2_vl"]), max_steps=2)
