@@ -166,3 +166,53 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
         "mmhal-judge": 2 * MMHAL_ITEMS,
         "greedy_accuracy": 2 * GREEDY_ITEMS,
     }, "every answer and judge reply is in the ledger, so a rerun regenerates nothing"
+
+
+def test_a_served_model_is_scored_through_its_registry_endpoint_with_the_registry_key(
+    kafka_bootstrap, namespace, ledger_url, tmp_path, monkeypatch
+):
+    """`vlf eval --endpoint served`: the evaluator answers MME and greedy accuracy through the
+    registry's OpenAI-compatible endpoint, with the registry's key (the server refuses any other).
+    The endpoint always says "Yes", so the scores are known: MME's questions come in yes/no pairs
+    (accuracy 50, accuracy+ 0: 50 per subtask), and one of the two greedy items is "yes"."""
+    key = "sk-served-endpoint"
+    monkeypatch.setenv("VLF_TEST_SERVED_KEY", key)
+    build_mme_fixture(tmp_path / "mme", MME_SUBTASKS, MME_IMAGES_PER_SUBTASK, seed=0)
+    with serve_in_thread(TestServerConfig(responder=lambda _request: "Yes", api_key=key)) as server:
+        served = {
+            "id": "served",
+            "backend": "openai",
+            "model": "test-model",
+            "base_url": server.base_url,
+            "api_key_env": "VLF_TEST_SERVED_KEY",
+        }
+        registry = tmp_path / "registry.yaml"
+        registry.write_text(json.dumps({"models": [served], "models_per_instruction": 1}))
+        pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+        ledger = Ledger(ledger_url)
+        ledger.migrate()
+        request = ev.EvalRequest(
+            eval_id="eval-served",
+            model=ev.ModelRef(name="served", base_model="test-model", endpoint_id="served"),
+            benchmarks=["mme", "greedy_accuracy"],
+        )
+        try:
+            with EventPublisher(pipeline.settings) as publisher:
+                publisher.publish([request])
+            pipeline.start(
+                "services.evaluator",
+                "evaluator",
+                VLF_EVALUATOR_MME_ROOT=str(tmp_path / "mme"),
+                VLF_EVALUATOR_MME_SUBTASKS=json.dumps(MME_SUBTASKS),
+                VLF_EVALUATOR_GREEDY_EVAL_PATH=str(greedy_file(tmp_path)),
+                VLF_EVALUATOR_JOB_LOG_DIR=str(tmp_path / "jobs"),
+            )
+            wait_until(lambda: ledger.count(ev.EvalResult) == 2, 100, "both results")
+        finally:
+            failures = pipeline.stop_all()
+    assert not failures, failures
+    results = {r.benchmark: r for r in ledger.iter_facts(ev.EvalResult, eval_id="eval-served")}
+    assert all(r.status == "completed" and r.model.endpoint_id == "served" for r in results.values()), results
+    assert {s: results["mme"].metrics[s] for s in MME_SUBTASKS} == {s: 50.0 for s in MME_SUBTASKS}
+    assert results["mme"].metrics["total"] == 50.0 * len(MME_SUBTASKS)
+    assert results["greedy_accuracy"].metrics == {"accuracy": 0.5, "n": float(GREEDY_ITEMS)}
