@@ -52,11 +52,9 @@ def test_fetch_is_cached_after_the_first_call(broker_config: BrokerConfig) -> No
     libs = fetch_jars(broker_config)
     jars_before = {jar.name: jar.stat().st_mtime_ns for jar in libs.glob("*.jar")}
 
-    started = time.monotonic()
     assert fetch_jars(broker_config) == libs
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 0.5, f"second fetch took {elapsed:.2f}s: it should not run Maven"
+    # Nothing rewritten: the second fetch did not run Maven.
     assert {jar.name: jar.stat().st_mtime_ns for jar in libs.glob("*.jar")} == jars_before
     assert f"kafka_2.13-{broker_config.version}.jar" in jars_before
     assert any(name.startswith("log4j-slf4j-impl-") for name in jars_before)
