@@ -101,6 +101,10 @@ class DpoJobConfig(BaseModel):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
 
+    # Experiment tracking
+    report_to: list[str] = Field(default_factory=list, description="transformers' report_to names.")
+    run_name: str | None = Field(None, description="The run's name in the trackers (the job id).")
+
 
 class ProgressUpdate(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -197,6 +201,18 @@ def lora_config(config: DpoJobConfig) -> LoraConfig:
     )
 
 
+def installed_trackers(wanted: list[str]) -> list[str]:
+    """The trackers of ``wanted`` that are installed: a missing one is a warning, not a failed run
+    (the chart's default, tensorboard, may be absent from a slim image)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = set(get_available_reporting_integrations())
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        log.warning("trackers not installed, left out: %s (installed: %s)", missing, sorted(available))
+    return [name for name in wanted if name in available]
+
+
 def dpo_args(config: DpoJobConfig, output_dir: Path) -> DPOConfig:
     return DPOConfig(
         output_dir=str(output_dir),
@@ -221,7 +237,8 @@ def dpo_args(config: DpoJobConfig, output_dir: Path) -> DPOConfig:
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=1,
-        report_to="none",
+        report_to=installed_trackers(config.report_to) or "none",
+        run_name=config.run_name,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )

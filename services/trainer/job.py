@@ -77,6 +77,8 @@ def dpo_config(request: ev.TrainRequest, settings: TrainerSettings):  # noqa: AN
         bf16=None if hp.bf16 else False,
         seed=hp.seed,
         save_steps=settings.save_steps,
+        report_to=settings.report_to,
+        run_name=request.job_id,
     )
 
 

@@ -25,6 +25,12 @@ class TrainerSettings(YamlOverlaySettings):
     save_steps: int = Field(
         50, ge=1, description="Checkpoint interval in optimizer steps (resume granularity)."
     )
+    report_to: list[str] = Field(
+        ["tensorboard"],
+        description="Experiment trackers, by transformers' report_to names (tensorboard, trackio, wandb, "
+        "mlflow, ...); each run is named after its job. Trackers that are not installed are left out with "
+        "a warning. TensorBoard writes to <checkpoint_dir>/<job_id>/runs/, with no account or network.",
+    )
     launcher: Literal["process", "kubernetes"] = Field(
         "process",
         description="Where jobs run: child processes of the service, or one Kubernetes Job per run.",

@@ -137,6 +137,9 @@ def test_requests_become_checkpoints_that_reload_and_generate(
         "qwen-full": "full",
         "qwen-merged": "merged",
     }
+    # The default tracker, TensorBoard, logged each run in its job's folder.
+    for job_id in checkpoints:
+        assert list((tmp_path / "ckpt" / job_id / "runs").rglob("events.out.tfevents.*")), job_id
     merged = Path(checkpoints["qwen-merged"].artifact_uri.removeprefix("file://"))
     assert not (merged / "adapter_config.json").exists(), "merged: loads without the adapter or PEFT"
     for checkpoint in checkpoints.values():

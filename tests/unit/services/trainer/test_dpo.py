@@ -234,3 +234,15 @@ def test_every_warmup_ratio_the_contract_accepts_is_one_the_job_accepts(tmp_path
         request = ev.TrainRequest(job_id="j", base_model="m", hparams=ev.TrainHyperparams(warmup_ratio=ratio))
         args = dpo_args(dpo_config(request, TrainerSettings()), tmp_path)
         assert args.warmup_steps == ratio
+
+
+def test_a_run_reports_to_the_installed_trackers_under_its_job_id(tmp_path, caplog):
+    request = ev.TrainRequest(job_id="train-tracked", base_model="m")
+    settings = TrainerSettings(report_to=["tensorboard", "no-such-tracker"])
+
+    args = dpo_args(dpo_config(request, settings), tmp_path)
+
+    assert args.report_to == ["tensorboard"] and args.run_name == "train-tracked"
+    assert "no-such-tracker" in caplog.text  # left out with a warning, the run goes on
+    untracked = dpo_args(dpo_config(request, TrainerSettings(report_to=[])), tmp_path)
+    assert untracked.report_to == []
