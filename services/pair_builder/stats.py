@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel
 
+from services.pair_builder.agreement import JudgePairAgreement, judge_agreement
 from services.pair_builder.handler import is_complete
 from services.pair_builder.rules import PairOutcome, PairRule, build_pairs
 from services.pair_builder.split import split_of
@@ -52,6 +53,7 @@ class DatasetStats(BaseModel):
     rating_histograms: dict[str, dict[str, int]]
     pairs: PairStats
     pairs_in_ledger: int
+    agreement: list[JudgePairAgreement]
 
 
 def rating_key(rating: ev.AspectRating) -> str:
@@ -101,6 +103,7 @@ def collect_stats(
         rating_histograms={a.value: dict(sorted(h.items())) for a, h in histograms.items()},
         pairs=pair_stats(pair_outcomes(ledger, rule, heldout_fraction, seed), rule),
         pairs_in_ledger=ledger.count(ev.Pair, strategy=rule.strategy),
+        agreement=judge_agreement(_annotations(ledger, rule)),
     )
 
 

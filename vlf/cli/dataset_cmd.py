@@ -104,7 +104,8 @@ def stats_command(
     judge_id: Annotated[list[str] | None, typer.Option(help="Only these judges' ratings.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per model mean ratings per aspect, rating histograms, pairs made, ties, skipped, margins."""
+    """Per model mean ratings per aspect, rating histograms, pairs made, ties, skipped, margins, and
+    the agreement of every two judges (weighted kappa per aspect, share of answer pairs ordered alike)."""
     from services.pair_builder.rules import PairRule
     from services.pair_builder.stats import collect_stats
 
