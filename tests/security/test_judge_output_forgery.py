@@ -16,11 +16,9 @@ import json
 import re
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from services.annotator.errors import RatingParseError
-from services.annotator.handler import AnnotatorContext, rate
-from services.annotator.metrics import JudgeMetrics
+from services.annotator.handler import rate
 from services.annotator.parsing import ParsedRatings, parse_ratings
 from services.annotator.rubric import (
     PromptTemplate,
@@ -28,14 +26,11 @@ from services.annotator.rubric import (
     build_all_in_one_prompt,
     build_per_aspect_prompt,
 )
-from services.annotator.settings import AnnotatorSettings
 from shared.backends.base import GenerationRequest, GenerationResult
-from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.events import Aspect
 from shared.errors import PermanentError
-from shared.ledger import Ledger
-from shared.registry import Registry
+from tests.unit.services.annotator.context import annotator_context
 
 ASPECTS = tuple(Aspect)
 DIGITS = "9" * 5000  # past the 4,300 digits Python converts to an int
@@ -87,25 +82,13 @@ def test_a_stored_deep_reply_is_dead_lettered_on_every_redelivery(tmp_path) -> N
     """The reply is written to the ledger before it is parsed and reused on redelivery: it must give
     the same permanent error each time, without a new paid call, rather than crash the service."""
     judge = FixedJudge("[" * 1000 + "]" * 1000)
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.migrate()
-    models = [{"id": m, "backend": "transformers", "model": "/m"} for m in ("a", "b")]
     judge_entry = {
         "id": "j",
         "model": "judge",
         "base_url": "http://judge.invalid/v1",
         "structured_output": True,
     }
-    registry = Registry.model_validate({"models": models, "judges": [judge_entry]})
-    ctx = AnnotatorContext(
-        judge=registry.judge("j"),
-        registry=registry,
-        backend=judge,
-        ledger=ledger,
-        blobs=BlobStore(str(tmp_path / "blobs")),
-        settings=AnnotatorSettings(judge_id="j"),
-        metrics=JudgeMetrics(CollectorRegistry()),
-    )
+    ctx = annotator_context(tmp_path, judge_entry, judge, models=("a", "b"))
     inst = ev.Instruction(instruction_id="inst-deep-reply", prompt="What colour?", models=["a", "b"])
     answers = [
         ev.Response(

@@ -4,37 +4,19 @@ judge (no model), and an AI judge through a scripted backend (replies from the t
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from services.annotator.errors import RatingParseError
 from services.annotator.gather import GatherSweep
 from services.annotator.handler import AnnotatorContext, handle_response, rate
-from services.annotator.metrics import JudgeMetrics
-from services.annotator.settings import AnnotatorSettings
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import TransientBackendError
-from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
-from shared.ledger import Ledger
-from shared.registry import Registry
 from tests.integration.judge_responder import judge_responder
-
-MODELS = [{"id": m, "backend": "transformers", "model": "/m"} for m in ("a", "b", "c")]
+from tests.unit.services.annotator.context import annotator_context
 
 
 def _context(tmp_path, judge: dict, backend=None) -> AnnotatorContext:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.migrate()
-    registry = Registry.model_validate({"models": MODELS, "judges": [judge]})
-    return AnnotatorContext(
-        judge=registry.judge(judge["id"]),
-        registry=registry,
-        backend=backend,
-        ledger=ledger,
-        blobs=BlobStore(str(tmp_path / "blobs")),
-        settings=AnnotatorSettings(judge_id=judge["id"], gather_timeout_s=60, min_answers=2),
-        metrics=JudgeMetrics(CollectorRegistry()),
-    )
+    return annotator_context(tmp_path, judge, backend, gather_timeout_s=60, min_answers=2)
 
 
 @pytest.fixture

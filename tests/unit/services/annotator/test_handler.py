@@ -6,21 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from services.annotator.handler import AnnotatorContext, handle_response, rate
-from services.annotator.metrics import JudgeMetrics
-from services.annotator.settings import AnnotatorSettings
 from shared.backends.base import GenerationRequest, GenerationResult
-from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.events import Aspect
-from shared.ledger import Ledger
-from shared.registry import Registry
 from tests.integration.judge_responder import asked_aspects, shown_answers
+from tests.unit.services.annotator.context import annotator_context
 
 H, V, E = Aspect.HELPFULNESS, Aspect.VISUAL_FAITHFULNESS, Aspect.ETHICAL_CONSIDERATIONS
-MODELS = [{"id": m, "backend": "transformers", "model": "/m"} for m in ("a", "b")]
 # What each answer deserves on Helpfulness and Visual Faithfulness; Ethical Considerations is 5.
 DESERVED = {"A blurry guess.": 2, "A red square on white.": 4}
 PROMPT_TOKENS, COMPLETION_TOKENS = 1000, 100
@@ -57,20 +51,9 @@ class FirstShownBiasedJudge:
 
 
 def _context(tmp_path: Path, backend: FirstShownBiasedJudge, **judge: object) -> AnnotatorContext:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.migrate()
     entry = {"id": "judge", "model": "judge-model", "base_url": "http://judge/v1", **judge}
     entry |= {"price_per_1k_input": PRICE_IN, "price_per_1k_output": PRICE_OUT}
-    registry = Registry.model_validate({"models": MODELS, "judges": [entry]})
-    return AnnotatorContext(
-        judge=registry.judge("judge"),
-        registry=registry,
-        backend=backend,
-        ledger=ledger,
-        blobs=BlobStore(str(tmp_path / "blobs")),
-        settings=AnnotatorSettings(judge_id="judge"),
-        metrics=JudgeMetrics(CollectorRegistry()),
-    )
+    return annotator_context(tmp_path, entry, backend, models=("a", "b"))
 
 
 def _responses() -> list[ev.Response]:
