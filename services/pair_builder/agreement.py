@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 
 from pydantic import BaseModel
 
@@ -51,46 +50,53 @@ def quadratic_weighted_kappa(first: list[int], second: list[int]) -> float | Non
     return None if chance == 0 else round(1 - disagreement / chance, 4)
 
 
-def judge_agreement(annotations: Iterable[ev.Annotation]) -> list[JudgePairAgreement]:
-    """Agreement for every pair of judges that rated answers in common."""
-    ratings: dict[str, dict[str, dict[str, dict[ev.Aspect, float]]]] = defaultdict(dict)
-    for annotation in annotations:  # instruction -> judge -> response -> aspect -> rating
-        ratings[annotation.instruction_id][annotation.judge_id] = {
+class JudgeRatings:
+    """The ratings of every judge, gathered one annotation at a time (within ``collect_stats``'s
+    single pass over the ledger), then compared pair by pair."""
+
+    def __init__(self) -> None:
+        # instruction -> judge -> response -> aspect -> rating
+        self._ratings: dict[str, dict[str, dict[str, dict[ev.Aspect, float]]]] = defaultdict(dict)
+
+    def add(self, annotation: ev.Annotation) -> None:
+        self._ratings[annotation.instruction_id][annotation.judge_id] = {
             r.response_id: {a: x.rating for a, x in r.ratings.items() if x.rating is not None}
             for r in annotation.rated
         }
-    judges = sorted({judge for by_judge in ratings.values() for judge in by_judge})
-    out = []
-    for first, second in itertools.combinations(judges, 2):
-        pairs: dict[ev.Aspect, tuple[list[int], list[int]]] = {a: ([], []) for a in ev.Aspect}
+
+    def agreement(self) -> list[JudgePairAgreement]:
+        """Agreement for every pair of judges that rated answers in common."""
+        judges = sorted({judge for by_judge in self._ratings.values() for judge in by_judge})
+        pairs = (self._pair(first, second) for first, second in itertools.combinations(judges, 2))
+        return [pair for pair in pairs if pair is not None]
+
+    def _pair(self, first: str, second: str) -> JudgePairAgreement | None:
+        rated: dict[ev.Aspect, tuple[list[int], list[int]]] = {a: ([], []) for a in ev.Aspect}
         ordered = agreed = 0
-        for by_judge in ratings.values():
+        for by_judge in self._ratings.values():
             if first not in by_judge or second not in by_judge:
                 continue
             a, b = by_judge[first], by_judge[second]
             common = sorted(set(a) & set(b))
             for response, aspect in itertools.product(common, ev.Aspect):
                 if aspect in a[response] and aspect in b[response]:
-                    pairs[aspect][0].append(_category(a[response][aspect]))
-                    pairs[aspect][1].append(_category(b[response][aspect]))
+                    rated[aspect][0].append(_category(a[response][aspect]))
+                    rated[aspect][1].append(_category(b[response][aspect]))
             for x, y in itertools.combinations(common, 2):
                 order_a = _sign(_score(a[x]) - _score(a[y]))
                 order_b = _sign(_score(b[x]) - _score(b[y]))
                 if order_a and order_b:
                     ordered += 1
                     agreed += order_a == order_b
-        if not any(pairs[a][0] for a in ev.Aspect):
-            continue
-        out.append(
-            JudgePairAgreement(
-                judges=(first, second),
-                answers={a.value: len(pairs[a][0]) for a in ev.Aspect},
-                kappa={a.value: quadratic_weighted_kappa(*pairs[a]) for a in ev.Aspect},
-                ordered_pairs=ordered,
-                order_agreement=round(agreed / ordered, 4) if ordered else None,
-            )
+        if not any(rated[a][0] for a in ev.Aspect):
+            return None
+        return JudgePairAgreement(
+            judges=(first, second),
+            answers={a.value: len(rated[a][0]) for a in ev.Aspect},
+            kappa={a.value: quadratic_weighted_kappa(*rated[a]) for a in ev.Aspect},
+            ordered_pairs=ordered,
+            order_agreement=round(agreed / ordered, 4) if ordered else None,
         )
-    return out
 
 
 def _category(rating: float) -> int:

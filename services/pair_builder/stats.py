@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel
 
-from services.pair_builder.agreement import JudgePairAgreement, judge_agreement
+from services.pair_builder.agreement import JudgePairAgreement, JudgeRatings
 from services.pair_builder.handler import is_complete
 from services.pair_builder.rules import PairOutcome, PairRule, build_pairs
 from services.pair_builder.split import split_of
@@ -69,8 +69,10 @@ def collect_stats(
     unrated: dict[str, Counter[ev.Aspect]] = defaultdict(Counter)
     histograms: dict[ev.Aspect, Counter[str]] = {aspect: Counter() for aspect in ev.Aspect}
     annotations = 0
+    judge_ratings = JudgeRatings()
     for annotation in _annotations(ledger, rule):
         annotations += 1
+        judge_ratings.add(annotation)
         for rated in annotation.rated:
             answers[rated.model_id] += 1
             for aspect in ev.Aspect:
@@ -103,7 +105,7 @@ def collect_stats(
         rating_histograms={a.value: dict(sorted(h.items())) for a, h in histograms.items()},
         pairs=pair_stats(pair_outcomes(ledger, rule, heldout_fraction, seed), rule),
         pairs_in_ledger=ledger.count(ev.Pair, strategy=rule.strategy),
-        agreement=judge_agreement(_annotations(ledger, rule)),
+        agreement=judge_ratings.agreement(),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.pair_builder.agreement import judge_agreement, quadratic_weighted_kappa
+from services.pair_builder.agreement import JudgeRatings, quadratic_weighted_kappa
 from services.pair_builder.rules import PairRule
 from services.pair_builder.stats import collect_stats
 from shared.ledger import Ledger
@@ -45,7 +45,11 @@ def test_two_judges_agreement_per_aspect_and_on_the_order_of_answers() -> None:
         factories.annotation(factories.instruction(3), {"a": (1, 1, 1)}, judge_id="lonely"),
     ]
 
-    [agreement] = judge_agreement(annotations)
+    ratings = JudgeRatings()
+    for annotation in annotations:
+        ratings.add(annotation)
+
+    [agreement] = ratings.agreement()
 
     assert agreement.judges == ("judge", "other")
     assert agreement.answers == {"Helpfulness": 5, "Visual Faithfulness": 5, "Ethical Considerations": 5}
