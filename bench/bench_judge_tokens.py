@@ -24,14 +24,14 @@ from services.annotator.settings import AnnotatorSettings
 from shared.backends.build import build_backend
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
-from shared.ledger import Ledger
+from shared.ledger import JudgeSpend, Ledger
 from shared.registry import JudgeEntry, Registry
 from tests.integration.judge_responder import judge_responder
 from tests.integration.pipeline_helpers import COLOURS, png
 
 
 def dataset(count: int, answers: int, blobs: BlobStore) -> list[tuple[ev.Instruction, list[ev.Response]]]:
-    """Instructions with answers of varied length, the same for both modes."""
+    """Instructions with answers of varied length, each with its own image, the same for every mode."""
     models = [f"m{i}" for i in range(answers)]
     out = []
     for n in range(count):
@@ -39,7 +39,7 @@ def dataset(count: int, answers: int, blobs: BlobStore) -> list[tuple[ev.Instruc
         inst = ev.Instruction(
             instruction_id=f"{n:08x}-judge-bench",
             prompt=f"Describe the picture in detail and say what colour the square is ({n}).",
-            image_uris=[blobs.put(png(colour), suffix=".png")],
+            image_uris=[blobs.put(png(colour, size=32 + n), suffix=".png")],  # an image of its own
             models=models,
         )
         responses = [
@@ -58,9 +58,9 @@ def dataset(count: int, answers: int, blobs: BlobStore) -> list[tuple[ev.Instruc
     return out
 
 
-def measure(mode: str, base_url: str, work: Path, data: list) -> dict[str, float]:
-    judge = JudgeEntry(id=f"judge-{mode.replace('_', '-')}", model="test-model", base_url=base_url, mode=mode)
-    ledger = Ledger(f"sqlite:///{work / f'{mode}.db'}")
+def rate_all(judge: JudgeEntry, db: Path, blobs: Path, data: list) -> tuple[list[ev.Annotation], JudgeSpend]:
+    """Rate every instruction through the annotator's handler; the annotations and the spend."""
+    ledger = Ledger(f"sqlite:///{db}")
     ledger.migrate()
     backend = build_backend(judge)
     ctx = AnnotatorContext(
@@ -68,21 +68,27 @@ def measure(mode: str, base_url: str, work: Path, data: list) -> dict[str, float
         registry=Registry(judges=[judge]),
         backend=backend,
         ledger=ledger,
-        blobs=BlobStore(str(work / "blobs")),
+        blobs=BlobStore(str(blobs)),
         settings=AnnotatorSettings(judge_id=judge.id),
         metrics=JudgeMetrics(CollectorRegistry()),
     )
-    totals = {"calls": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0}
     try:
-        for inst, responses in data:
-            annotation = rate(inst, responses, ctx)
-            assert annotation is not None
-            totals["calls"] += annotation.usage.calls
-            totals["prompt_tokens"] += annotation.usage.prompt_tokens
-            totals["completion_tokens"] += annotation.usage.completion_tokens
+        annotations = [rate(inst, responses, ctx) for inst, responses in data]
+        assert all(a is not None for a in annotations)
+        return annotations, ledger.judge_spend()[judge.id]
     finally:
         backend.close()
         ledger.close()
+
+
+def measure(mode: str, base_url: str, work: Path, data: list) -> dict[str, float]:
+    judge = JudgeEntry(id=f"judge-{mode.replace('_', '-')}", model="test-model", base_url=base_url, mode=mode)
+    annotations, _spend = rate_all(judge, work / f"{mode}.db", work / "blobs", data)
+    totals = {
+        "calls": sum(a.usage.calls for a in annotations),
+        "prompt_tokens": sum(a.usage.prompt_tokens for a in annotations),
+        "completion_tokens": sum(a.usage.completion_tokens for a in annotations),
+    }
     return {name: value / len(data) for name, value in totals.items()}
 
 

@@ -8,7 +8,10 @@ timeout, a context limit. Every call is recorded
 
 Token counting rule (reported in ``usage``): prompt tokens = whitespace-separated words of every
 text in the messages + ``TOKENS_PER_IMAGE`` per image; completion tokens = words of the reply.
-The reply is cut to ``max_tokens`` words, with ``finish_reason`` "length" when cut.
+The reply is cut to ``max_tokens`` words, with ``finish_reason`` "length" when cut. With
+``prefix_cache_block_tokens`` set, the server also reports ``usage.prompt_tokens_details.cached_tokens``
+as a server with automatic prefix caching does (vLLM, OpenAI): the leading whole blocks of the prompt's
+tokens, in message and content-part order, that an earlier request's prompt began with.
 
 Run: ``python -m devkit.openai_test_server --port 8001 --latency 0.2 --fail-429-rate 0.1``.
 """
@@ -70,6 +73,9 @@ class TestServerConfig(BaseModel):
     seed: int = 0
     # --- content ---
     context_limit_tokens: int | None = Field(None, ge=1, description="Longer prompts get a 400.")
+    prefix_cache_block_tokens: int | None = Field(
+        None, ge=1, description="Report cached prompt tokens, cached in blocks of this many; None: off."
+    )
     responder: Responder | None = Field(
         None, description="(request JSON) -> reply text; default: a short answer from the prompt's hash."
     )
@@ -124,6 +130,7 @@ class CallRecord(BaseModel):
     n_images: int
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = 0
     status: int
     started_at: float
     text_prompt_sha256: str
@@ -188,9 +195,40 @@ def verify_image(data: bytes) -> None:
         raise ValueError(f"image_url does not decode to an image: {error}") from error
 
 
-def count_prompt_tokens(request: ChatCompletionRequest) -> int:
-    words = sum(len(text.split()) for message in request.messages for text in message_texts(message))
-    return words + TOKENS_PER_IMAGE * len(image_urls(request))
+def prompt_token_sequence(request: ChatCompletionRequest) -> list[str]:
+    """The prompt as this server counts it: each text's words, each image as ``TOKENS_PER_IMAGE``
+    tokens naming the image, in message and content-part order."""
+    tokens: list[str] = []
+    for message in request.messages:
+        parts = [TextPart(type="text", text=message.content)] if isinstance(message.content, str) else []
+        for part in parts or message.content:
+            if isinstance(part, TextPart):
+                tokens += part.text.split()
+            else:
+                digest = hashlib.sha256(part.image_url.url.encode()).hexdigest()[:16]
+                tokens += [f"<image {digest}>"] * TOKENS_PER_IMAGE
+    return tokens
+
+
+class PrefixCache:
+    """Automatic prefix caching as vLLM does it: a prompt is cut into blocks of ``block_tokens``, each
+    block known by a hash chained over every block before it, so a block is cached only where the
+    whole prefix up to it was seen before. Only touched from the server's event loop."""
+
+    def __init__(self, block_tokens: int) -> None:
+        self.block_tokens = block_tokens
+        self._blocks: set[str] = set()
+
+    def cached_tokens(self, tokens: list[str]) -> int:
+        """How many leading tokens were cached; the prompt's blocks are cached from now on."""
+        cached, chain, hit = 0, "", True
+        for start in range(0, len(tokens) - self.block_tokens + 1, self.block_tokens):
+            block = "\0".join(tokens[start : start + self.block_tokens])
+            chain = hashlib.sha256(f"{chain}|{block}".encode()).hexdigest()
+            hit = hit and chain in self._blocks
+            cached += self.block_tokens if hit else 0
+            self._blocks.add(chain)
+        return cached
 
 
 def text_prompt_sha256(request: ChatCompletionRequest) -> str:
@@ -303,6 +341,7 @@ def create_app(config: TestServerConfig) -> Starlette:
     """Plain Starlette, not FastAPI: at 64 calls in flight in a benchmark, FastAPI's routing and
     middleware cost the server a third of its CPU on the same cores as the client it measures."""
     calls = _CallLog()
+    cache = PrefixCache(config.prefix_cache_block_tokens) if config.prefix_cache_block_tokens else None
 
     def unauthorised(request: Request) -> JSONResponse | None:
         if config.api_key is None:
@@ -354,13 +393,14 @@ def create_app(config: TestServerConfig) -> Starlette:
             calls.add(record)
             return JSONResponse(error_body(f"invalid request: {error}", "invalid_request_error"), 400)
 
-        prompt_tokens = count_prompt_tokens(request)
+        tokens = prompt_token_sequence(request)
         record = CallRecord(
             id=f"call-{call_index}",
             model=request.model,
             n_images=len(image_urls(request)),
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=len(tokens),
             completion_tokens=0,
+            cached_prompt_tokens=cache.cached_tokens(tokens) if cache is not None else 0,
             status=200,
             started_at=started_at,
             text_prompt_sha256=text_prompt_sha256(request),
@@ -432,6 +472,8 @@ def create_app(config: TestServerConfig) -> Starlette:
                 "total_tokens": record.prompt_tokens + completion_tokens,
             },
         }
+        if cache is not None:
+            body["usage"]["prompt_tokens_details"] = {"cached_tokens": record.cached_prompt_tokens}
         return JSONResponse(body), record.model_copy(update={"completion_tokens": completion_tokens})
 
     async def list_calls(_request: Request) -> JSONResponse:
@@ -513,6 +555,7 @@ def main(
     hang: float = typer.Option(600.0, help="Seconds a hanging call sleeps."),
     retry_after: float | None = typer.Option(None, help="Retry-After seconds on 429s."),
     context_limit_tokens: int | None = typer.Option(None, help="Prompt token limit (400 beyond)."),
+    prefix_cache_block: int | None = typer.Option(None, help="Report cached prompt tokens in blocks of N."),
     seed: int = typer.Option(0, help="Seed for failures and jitter."),
 ) -> None:
     """Serve the OpenAI-compatible test server until interrupted."""
@@ -526,6 +569,7 @@ def main(
         hang_s=hang,
         retry_after_s=retry_after,
         context_limit_tokens=context_limit_tokens,
+        prefix_cache_block_tokens=prefix_cache_block,
         seed=seed,
     )
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)

@@ -104,6 +104,12 @@ class JudgeEntry(BaseModel):
     max_tokens: int = Field(2048, ge=1)
     prompt_template: str | None = Field(None, description="File with a user-supplied judge prompt template.")
     price_per_1k_input: float = Field(0.0, ge=0)
+    price_per_1k_cached_input: float | None = Field(
+        None,
+        ge=0,
+        description="USD per 1k prompt tokens the provider served from its prompt cache "
+        "(usage.prompt_tokens_details.cached_tokens); unset: the full input price.",
+    )
     price_per_1k_output: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
@@ -112,8 +118,31 @@ class JudgeEntry(BaseModel):
             raise ValueError(f"judge {self.id}: kind ai needs a model")
         return self
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_per_1k_input + completion_tokens * self.price_per_1k_output) / 1000
+    def call_cost(self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int) -> CallCost:
+        """A call's price, split as providers bill it: cached prompt tokens are part of the prompt
+        tokens and are charged at the cached rate instead of the full one."""
+        cached_price = self.price_per_1k_cached_input
+        if cached_price is None:
+            cached_price = self.price_per_1k_input
+        return CallCost(
+            input_usd=(prompt_tokens - cached_prompt_tokens) * self.price_per_1k_input / 1000,
+            cached_input_usd=cached_prompt_tokens * cached_price / 1000,
+            output_usd=completion_tokens * self.price_per_1k_output / 1000,
+        )
+
+
+class CallCost(BaseModel):
+    """What one judge call cost, per billed part."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_usd: float = Field(ge=0, description="Prompt tokens at the full input price.")
+    cached_input_usd: float = Field(ge=0, description="Prompt tokens served from the provider's cache.")
+    output_usd: float = Field(ge=0)
+
+    @property
+    def total_usd(self) -> float:
+        return self.input_usd + self.cached_input_usd + self.output_usd
 
 
 class Registry(BaseModel):

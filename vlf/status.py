@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from shared.contracts import events as ev
 from shared.contracts.topics import ALL_TOPICS
-from shared.ledger import Ledger
+from shared.ledger import JudgeSpend, Ledger
 from shared.registry import Registry
 from shared.settings import CommonSettings
 
@@ -17,7 +17,7 @@ from shared.settings import CommonSettings
 class PipelineStatus(BaseModel):
     stages: dict[str, int]
     jobs: list[dict]
-    judge_spend_usd: dict[str, float]
+    judge_spend: dict[str, JudgeSpend]
     model_spend_usd: dict[str, float]
     dlq_sizes: dict[str, int]
     consumer_lag: dict[str, int]
@@ -105,7 +105,7 @@ def pipeline_status(
     return PipelineStatus(
         stages=ledger_stages(ledger),
         jobs=jobs,
-        judge_spend_usd=ledger.judge_spend(),
+        judge_spend=ledger.judge_spend(),
         model_spend_usd=model_spend_usd(ledger.model_tokens(), registry) if registry else {},
         dlq_sizes=dlq,
         consumer_lag=lag,

@@ -32,14 +32,15 @@ from services.annotator.ordering import (
 )
 from services.annotator.parsing import AspectRating as ParsedAspect
 from services.annotator.parsing import ParsedRatings, parse_ratings
-from services.annotator.rubric import PromptTemplate as JudgeTemplate
 from services.annotator.rubric import (
+    JudgePrompt,
     ReplyFormat,
     build_all_in_one_prompt,
     build_per_aspect_prompt,
     build_repair_prompt,
     ratings_json_schema,
 )
+from services.annotator.rubric import PromptTemplate as JudgeTemplate
 from services.annotator.settings import AnnotatorSettings
 from services.annotator.verifiable import SkipReason, rate_with_reference
 from shared.backends.base import Backend, ChatMessage, GenerationRequest
@@ -82,12 +83,16 @@ class AnnotatorContext:
 class _Usage:
     calls: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
 
-    def add(self, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+    def add(
+        self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int, cost_usd: float
+    ) -> None:
         self.calls += 1
         self.prompt_tokens += prompt_tokens
+        self.cached_prompt_tokens += cached_prompt_tokens
         self.completion_tokens += completion_tokens
         self.cost_usd += cost_usd
 
@@ -175,6 +180,7 @@ def rate(inst: ev.Instruction, responses: list[ev.Response], ctx: AnnotatorConte
         usage=ev.JudgeUsage(
             calls=usage.calls,
             prompt_tokens=usage.prompt_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
             completion_tokens=usage.completion_tokens,
             cost_usd=usage.cost_usd,
         ),
@@ -198,8 +204,8 @@ def _judge_pass(
     answers = [r.text for r in shown]
     for aspects in groups:
         purpose = f"{tag}:{ctx.judge.mode}:{'+'.join(a.value for a in aspects)}"
-        prompt = _prompt(inst, answers, aspects, reply_format, ctx)
-        request = _request([ChatMessage(role="user", text=prompt)], images, len(shown), aspects, ctx)
+        prompt = _prompt(inst, answers, aspects, reply_format, ctx).messages()
+        request = _request(prompt, images, len(shown), aspects, ctx)
         reply = _paid_call(inst.instruction_id, shown, purpose, request, ctx, usage)
         try:
             parsed = parse_ratings(reply, len(shown), aspects, reply_format)
@@ -207,7 +213,7 @@ def _judge_pass(
             ctx.metrics.parse_failures.labels(ctx.judge.id).inc()
             repair = build_repair_prompt(reply, str(exc), len(shown), aspects, reply_format)
             messages = [
-                ChatMessage(role="user", text=prompt),
+                *prompt,
                 ChatMessage(role="assistant", text=reply),
                 ChatMessage(role="user", text=repair),
             ]
@@ -232,10 +238,10 @@ def _prompt(
     aspects: Sequence[Aspect],
     reply_format: ReplyFormat,
     ctx: AnnotatorContext,
-) -> str:
+) -> JudgePrompt:
     aspect = aspects[0] if len(aspects) == 1 else None
     if ctx.template is not None:
-        return ctx.template.render(inst.prompt, answers, inst.reference, aspect)
+        return JudgePrompt(quoted=ctx.template.render(inst.prompt, answers, inst.reference, aspect))
     if aspect is not None:
         return build_per_aspect_prompt(aspect, inst.prompt, answers, inst.reference, reply_format)
     return build_all_in_one_prompt(inst.prompt, answers, inst.reference, reply_format)
@@ -273,12 +279,12 @@ def _paid_call(
     kept = ctx.ledger.judge_reply(call_id)
     if kept is not None:
         ctx.metrics.reused.labels(ctx.judge.id).inc()
-        usage.add(kept.prompt_tokens, kept.completion_tokens, kept.cost_usd)
+        usage.add(kept.prompt_tokens, kept.cached_prompt_tokens, kept.completion_tokens, kept.cost_usd)
         return kept.raw_reply
     assert ctx.backend is not None, "an AI judge needs a backend"
     started = time.monotonic()
     [result] = ctx.backend.generate([request])
-    cost = ctx.judge.cost_usd(result.prompt_tokens, result.completion_tokens)
+    cost = ctx.judge.call_cost(result.prompt_tokens, result.cached_prompt_tokens, result.completion_tokens)
     ctx.ledger.save_judge_reply(
         call_id,
         instruction_id=instruction_id,
@@ -286,14 +292,16 @@ def _paid_call(
         purpose=purpose,
         raw_reply=result.text,
         prompt_tokens=result.prompt_tokens,
+        cached_prompt_tokens=result.cached_prompt_tokens,
         completion_tokens=result.completion_tokens,
-        cost_usd=cost,
+        cost=cost,
     )
     m = ctx.metrics
     m.calls.labels(ctx.judge.id, purpose.split(":")[0]).inc()
     m.latency.labels(ctx.judge.id).observe(time.monotonic() - started)
     m.tokens.labels(ctx.judge.id, "in").inc(result.prompt_tokens)
+    m.tokens.labels(ctx.judge.id, "cached_in").inc(result.cached_prompt_tokens)
     m.tokens.labels(ctx.judge.id, "out").inc(result.completion_tokens)
-    m.spend.labels(ctx.judge.id).inc(cost)
-    usage.add(result.prompt_tokens, result.completion_tokens, cost)
+    m.spend.labels(ctx.judge.id).inc(cost.total_usd)
+    usage.add(result.prompt_tokens, result.cached_prompt_tokens, result.completion_tokens, cost.total_usd)
     return result.text

@@ -14,7 +14,13 @@ class JudgeMetrics:
             ["judge"],
             registry=registry,
         )
-        self.tokens = Counter("vlf_judge_tokens", "Judge tokens.", ["judge", "direction"], registry=registry)
+        self.tokens = Counter(
+            "vlf_judge_tokens",
+            "Judge tokens; direction in: prompt, out: completion, cached_in: the prompt tokens the "
+            "provider served from its cache (part of in).",
+            ["judge", "direction"],
+            registry=registry,
+        )
         self.spend = Counter("vlf_judge_spend_usd", "Judge spend in USD.", ["judge"], registry=registry)
         self.parse_failures = Counter(
             "vlf_judge_parse_failures", "Unreadable judge replies.", ["judge"], registry=registry

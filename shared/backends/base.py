@@ -46,7 +46,16 @@ class GenerationResult(BaseModel):
     # Bounded as in the Response event, so a server's nonsense fails here, as a backend error.
     prompt_tokens: int = Field(0, ge=0)
     completion_tokens: int = Field(0, ge=0)
+    cached_prompt_tokens: int = Field(0, ge=0, description="Prompt tokens the server's prefix cache served.")
     latency_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> GenerationResult:
+        if self.cached_prompt_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cached_prompt_tokens {self.cached_prompt_tokens} > prompt_tokens {self.prompt_tokens}"
+            )
+        return self
 
 
 class Backend(Protocol):

@@ -155,6 +155,7 @@ def result_from_completion(body: bytes, latency_s: float) -> GenerationResult:
             finish_reason=choice.get("finish_reason") or "unknown",
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
+            cached_prompt_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
             latency_s=latency_s,
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:  # ValidationError too

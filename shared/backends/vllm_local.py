@@ -71,6 +71,7 @@ class VllmBackend(CoalescingBackend):
                 finish_reason=out.outputs[0].finish_reason or "stop",
                 prompt_tokens=len(out.prompt_token_ids or []),
                 completion_tokens=len(out.outputs[0].token_ids),
+                cached_prompt_tokens=out.num_cached_tokens or 0,
                 latency_s=latency,
             )
             for out in outputs

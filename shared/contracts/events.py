@@ -140,6 +140,7 @@ class RatedResponse(Contract):
 class JudgeUsage(Contract):
     calls: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = Field(0, description="Of prompt_tokens, those the provider's cache served.")
     completion_tokens: int = 0
     cost_usd: float = 0.0
 

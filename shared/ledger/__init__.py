@@ -1,5 +1,5 @@
 """The SQLAlchemy ledger of facts and job statuses."""
 
-from shared.ledger.store import Ledger
+from shared.ledger.store import JudgeSpend, Ledger
 
-__all__ = ["Ledger"]
+__all__ = ["JudgeSpend", "Ledger"]

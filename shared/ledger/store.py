@@ -17,6 +17,7 @@ from typing import Any
 import pydantic_core
 from alembic import command
 from alembic.config import Config
+from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -28,6 +29,7 @@ from shared.contracts import events as ev
 from shared.contracts.ids import stable_hash
 from shared.ledger import tables as t
 from shared.ledger.errors import LedgerUnavailable
+from shared.registry import CallCost
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -40,6 +42,20 @@ _READ_ORDER = {
     t.AnnotationRow: t.AnnotationRow.judge_id,
     t.PairRow: t.PairRow.id,
 }
+
+
+class JudgeSpend(BaseModel):
+    """One judge's paid calls. The parts leave out calls kept before they were recorded (ledger
+    migration 0003), which count in ``total_usd`` only."""
+
+    calls: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    total_usd: float
+    input_usd: float = Field(description="Prompt tokens at the full input price.")
+    cached_input_usd: float = Field(description="Prompt tokens served from the provider's cache.")
+    output_usd: float
 
 
 def _now() -> datetime:
@@ -298,8 +314,9 @@ class Ledger:
         purpose: str,
         raw_reply: str,
         prompt_tokens: int,
+        cached_prompt_tokens: int,
         completion_tokens: int,
-        cost_usd: float,
+        cost: CallCost,
     ) -> None:
         row = dict(
             id=call_id,
@@ -308,8 +325,12 @@ class Ledger:
             purpose=purpose,
             raw_reply=raw_reply,
             prompt_tokens=prompt_tokens,
+            cached_prompt_tokens=cached_prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_usd=cost_usd,
+            cost_usd=cost.total_usd,
+            input_cost_usd=cost.input_usd,
+            cached_input_cost_usd=cost.cached_input_usd,
+            output_cost_usd=cost.output_usd,
             created_at=_now(),
         )
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
@@ -327,14 +348,34 @@ class Ledger:
             rows = s.execute(query).all()
         return {model: (int(p or 0), int(c or 0)) for model, p, c in rows}
 
-    def judge_spend(self) -> dict[str, float]:
+    def judge_spend(self) -> dict[str, JudgeSpend]:
+        """Per judge: its paid calls, their tokens and their cost in parts."""
+        row = t.JudgeCallRow
+        sums = (
+            row.prompt_tokens,
+            row.cached_prompt_tokens,
+            row.completion_tokens,
+            row.cost_usd,
+            row.input_cost_usd,
+            row.cached_input_cost_usd,
+            row.output_cost_usd,
+        )
+        query = select(row.judge_id, func.count(), *(func.sum(c) for c in sums)).group_by(row.judge_id)
         with self._session() as s:
-            rows = s.execute(
-                select(t.JudgeCallRow.judge_id, func.sum(t.JudgeCallRow.cost_usd)).group_by(
-                    t.JudgeCallRow.judge_id
-                )
-            ).all()
-        return {judge: float(total or 0) for judge, total in rows}
+            rows = s.execute(query).all()
+        return {
+            judge: JudgeSpend(
+                calls=calls,
+                prompt_tokens=int(prompt or 0),
+                cached_prompt_tokens=int(cached or 0),
+                completion_tokens=int(completion or 0),
+                total_usd=float(total or 0),
+                input_usd=float(inp or 0),
+                cached_input_usd=float(cached_inp or 0),
+                output_usd=float(out or 0),
+            )
+            for judge, calls, prompt, cached, completion, total, inp, cached_inp, out in rows
+        }
 
     # --- benchmark predictions ------------------------------------------------------------------
 

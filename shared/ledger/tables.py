@@ -51,8 +51,13 @@ class JudgeCallRow(Base):
     purpose: Mapped[str] = mapped_column(Text)
     raw_reply: Mapped[str] = mapped_column(Text)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    # The parts of cost_usd; None in rows kept before they were recorded (migration 0003).
+    input_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cached_input_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -35,7 +35,7 @@ from shared.errors import PermanentError
 from shared.ledger import Ledger
 from shared.runtime.admin import ensure_topics
 from shared.runtime.dlq import read_dlq_headers
-from tests.integration.judge_responder import judge_responder
+from tests.integration.judge_responder import judge_responder, prompt_text
 from tests.integration.kafka_helpers import create_topics, produce, wait_until
 from tests.integration.pipeline_helpers import Pipeline, png
 from vlf.submit import SubmitRecord, build_instruction
@@ -72,7 +72,7 @@ class Poison:
 def poison_judge(request: dict) -> str:
     """The test judge, broken on demand: OUT-OF-RANGE rates 9, TOO-FEW rates one answer too few."""
     reply = judge_responder(request)
-    prompt = str(request["messages"][0]["content"])
+    prompt = prompt_text(request["messages"])
     if "OUT-OF-RANGE" in prompt:
         return re.sub(r"Rating: \d", "Rating: 9", reply)
     if "TOO-FEW" in prompt:

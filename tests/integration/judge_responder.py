@@ -27,6 +27,13 @@ def _text_of(message: dict) -> str:
     return "\n".join(part["text"] for part in content if part["type"] == "text")
 
 
+def prompt_text(messages: list[dict]) -> str:
+    """The judge prompt a request carries: every message before the judge's first reply (the fixed
+    system part, then the user part with the answers), as one text."""
+    first_reply = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+    return "\n\n".join(_text_of(message) for message in messages[:first_reply])
+
+
 def shown_answers(prompt: str) -> list[str]:
     """The answers a judge prompt shows, in the order shown."""
     return [text for _, text in ANSWER.findall(prompt)]
@@ -40,8 +47,8 @@ def asked_aspects(prompt: str) -> list[Aspect]:
 
 def judge_responder(request: dict) -> str:
     messages = request["messages"]
-    prompt = _text_of(messages[0])
-    is_repair = len(messages) > 1
+    prompt = prompt_text(messages)
+    is_repair = any(message.get("role") == "assistant" for message in messages)
     if "GARBAGE-ALWAYS" in prompt or ("GARBAGE-ONCE" in prompt and not is_repair):
         return "I would rather not rate these answers today."
     answers = shown_answers(prompt)

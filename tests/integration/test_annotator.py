@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from devkit.openai_test_server import TestServerConfig, serve_in_thread
+from services.annotator.rubric import build_all_in_one_prompt
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts import topics
@@ -154,3 +155,47 @@ _SQUARE = re.compile(r"Describe square (\d+)\.")
 
 def _committed(bootstrap: str, topic_name: str, group: str = "vlf-annotator.judge-md") -> int:
     return committed(bootstrap, topic_name, group)
+
+
+def test_cached_prompt_tokens_are_recorded_and_priced_at_the_cached_rate(
+    kafka_bootstrap, namespace, ledger_url, tmp_path
+):
+    """Through the real client against a server that reports prefix-cache hits: the rubric the judge
+    prompt puts first is served from the cache on later calls, the ledger keeps what the server
+    reported, and spend is split into full-price input, cached input and output at the registry's
+    prices."""
+    prices = {"price_per_1k_input": 10.0, "price_per_1k_cached_input": 2.5, "price_per_1k_output": 30.0}
+    config = TestServerConfig(responder=judge_responder, prefix_cache_block_tokens=16)
+    with serve_in_thread(config) as server:
+        judge = {"id": "judge-md", "model": "test-model", "base_url": server.base_url, "concurrency": 1}
+        registry = write_registry(
+            tmp_path / "registry.yaml", server.base_url, ["m1", "m2"], 2, [{**judge, **prices}]
+        )
+        pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+        ledger = Ledger(ledger_url)
+        ledger.migrate()
+        with EventPublisher(pipeline.settings) as publisher:
+            publisher.publish(_responses(pipeline, [f"What colour is square {n}?" for n in range(4)]))
+        try:
+            pipeline.start("services.annotator", "judge", VLF_ANNOTATOR_JUDGE_ID="judge-md")
+            wait_until(lambda: ledger.count(ev.Annotation) == 4, 90, "4 annotations")
+        finally:
+            failures = pipeline.stop_all()
+        calls = _calls(server)
+    assert not failures, failures
+    served = sorted(call["cached_prompt_tokens"] for call in calls)
+    rubric_blocks = len(build_all_in_one_prompt("any", ["a", "b"]).fixed.split()) // 16 * 16
+    assert served[0] == 0, "the first call finds nothing cached"
+    assert served[1] >= rubric_blocks, "later calls are served the rubric and reply format from the cache"
+
+    spend = ledger.judge_spend()["judge-md"]
+    prompt, cached = sum(c["prompt_tokens"] for c in calls), sum(served)
+    completion = sum(c["completion_tokens"] for c in calls)
+    assert (spend.calls, spend.prompt_tokens, spend.cached_prompt_tokens) == (4, prompt, cached)
+    assert spend.input_usd == pytest.approx((prompt - cached) * 10.0 / 1000)
+    assert spend.cached_input_usd == pytest.approx(cached * 2.5 / 1000)
+    assert spend.output_usd == pytest.approx(completion * 30.0 / 1000)
+    assert spend.total_usd == pytest.approx(spend.input_usd + spend.cached_input_usd + spend.output_usd)
+    annotations = list(ledger.iter_facts(ev.Annotation))
+    assert sum(a.usage.cached_prompt_tokens for a in annotations) == cached
+    assert sum(a.usage.cost_usd for a in annotations) == pytest.approx(spend.total_usd)

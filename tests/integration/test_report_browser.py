@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from shared.contracts import events as ev
 from shared.ledger import Ledger
+from shared.registry import JudgeEntry
 from shared.runtime.admin import EventPublisher
 from shared.settings import CommonSettings
 from tests import factories
@@ -100,9 +101,31 @@ def _fill_ledger(ledger: Ledger) -> None:
         )
     )
     ledger.record(*facts)
+    for n, cached in enumerate((0, 1536)):
+        ledger.save_judge_reply(
+            f"call-{n}",
+            instruction_id=f"inst-{n}",
+            judge_id="gpt-4o",
+            purpose="pass1",
+            raw_reply="...",
+            prompt_tokens=2000,
+            cached_prompt_tokens=cached,
+            completion_tokens=300,
+            cost=JUDGE.call_cost(2000, cached, 300),
+        )
     ledger.create_job("dpo-1", "train", {})
     final = _progress(20, status="completed")
     ledger.update_job("dpo-1", status="completed", progress=final.model_dump(mode="json"))
+
+
+JUDGE = JudgeEntry(
+    id="gpt-4o",
+    model="gpt-4o",
+    api_key_env="OPENAI_API_KEY",
+    price_per_1k_input=0.0025,
+    price_per_1k_cached_input=0.00125,
+    price_per_1k_output=0.01,
+)
 
 
 def _progress(step: int, status: str = "running") -> ev.TrainProgress:
@@ -180,6 +203,11 @@ def test_report_holds_the_ledger_numbers_and_renders(ledger_url, tmp_path):
     assert cells["bias-0"] == f"{82 / 18:.2f}" and cells["bias-1"] == f"{(8 * 4 + 7 * 2) / 18:.2f}"
     assert cells["self-agreement"] == "0.850"
     assert cells["margin-bin-5"] == "2" and cells["margin-bin-6"] == "4"  # [2.5, 3) and [3, 3.5)
+    # GPT-4o's prices: 2,000 + 464 full-price prompt tokens, 1,536 cached, 600 completion tokens
+    assert cells["spend-gpt-4o-input"] == f"{2464 * 0.0025 / 1000:.4f}"
+    assert cells["spend-gpt-4o-cached-input"] == f"{1536 * 0.00125 / 1000:.4f}"
+    assert cells["spend-gpt-4o-output"] == f"{600 * 0.01 / 1000:.4f}"
+    assert cells["spend-gpt-4o"] == f"{(2464 * 0.0025 + 1536 * 0.00125 + 6) / 1000:.4f}"
     assert cells["train-status-dpo-1"] == "completed" and cells["train-step-dpo-1"] == "20"
     assert cells["train-loss-dpo-1"] == f"{0.69 - 20 * 0.014:.4f}"
     assert cells["eval-base-mme_perception"] == "1440.5" and cells["eval-tuned-mme_perception"] == "1539.6"

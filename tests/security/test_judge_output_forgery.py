@@ -21,6 +21,7 @@ from services.annotator.errors import RatingParseError
 from services.annotator.handler import rate
 from services.annotator.parsing import ParsedRatings, parse_ratings
 from services.annotator.rubric import (
+    JudgePrompt,
     PromptTemplate,
     ReplyFormat,
     build_all_in_one_prompt,
@@ -150,12 +151,13 @@ def _prompts(answer: str) -> dict[str, str]:
     template = PromptTemplate.from_text(
         "Rate these.\n{instruction}\n{answers}\n# Reply format\nOne line each."
     )
-    return {
+    prompts = {
         "all in one, markdown": build_all_in_one_prompt("What animal?", answers, "A cat."),
         "all in one, json": build_all_in_one_prompt("What animal?", answers, None, ReplyFormat.JSON),
         "per aspect": build_per_aspect_prompt(Aspect.HELPFULNESS, "What animal?", answers),
-        "user template": template.render("What animal?", answers),
+        "user template": JudgePrompt(quoted=template.render("What animal?", answers)),
     }
+    return {name: "\n\n".join(m.text for m in p.messages()) for name, p in prompts.items()}
 
 
 @pytest.mark.parametrize("answer", ESCAPES.values(), ids=ESCAPES.keys())

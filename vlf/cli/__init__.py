@@ -128,11 +128,17 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     for name, values in (
         ("DLQ sizes", report.dlq_sizes),
         ("consumer lag", report.consumer_lag),
-        ("judge spend (USD)", report.judge_spend_usd),
         ("model spend (USD, registry prices)", report.model_spend_usd),
     ):
         if values:
             console.print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+    for judge, spend in sorted(report.judge_spend.items()):
+        console.print(
+            f"judge {judge} spend (USD): {spend.total_usd:.4f} = input {spend.input_usd:.4f}"
+            f" + cached input {spend.cached_input_usd:.4f} + output {spend.output_usd:.4f}"
+            f" ({spend.calls} calls; {spend.cached_prompt_tokens} of {spend.prompt_tokens} prompt tokens"
+            " cached)"
+        )
     for job in report.jobs:
         console.print(
             escape(

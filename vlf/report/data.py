@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from shared.contracts import events as ev
 from shared.contracts.topics import TRAIN_PROGRESS
-from shared.ledger import Ledger
+from shared.ledger import JudgeSpend, Ledger
 from shared.ledger.tables import JobRow
 from shared.settings import CommonSettings
 from vlf.report.results_table import build_results_table
@@ -86,7 +86,7 @@ class ReportData(BaseModel):
     demo_note: bool
     counts: dict[str, int]
     dlq_sizes: dict[str, int] | None = Field(None, description="None: the report was built without Kafka.")
-    judge_spend_usd: dict[str, float]
+    judge_spend: dict[str, JudgeSpend]
     ratings: list[RatingStats]
     position_bias: list[PositionBias]
     self_agreement: SelfAgreement | None
@@ -245,7 +245,7 @@ def gather_report(
             "eval results": ledger.count(ev.EvalResult),
         },
         dlq_sizes=dlq_sizes,
-        judge_spend_usd=ledger.judge_spend(),
+        judge_spend=ledger.judge_spend(),
         ratings=rating_stats(ledger.iter_facts(ev.Annotation)),
         position_bias=position_bias(ledger.iter_facts(ev.Annotation)),
         self_agreement=self_agreement(ledger.iter_facts(ev.Annotation)),

@@ -1,4 +1,5 @@
-"""The test server's pure rules: token counting, validation of images, failure draws, JSON replies."""
+"""The test server's pure rules: token counting, prefix caching, validation of images, failure draws,
+JSON replies."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from PIL import Image
 from devkit.openai_test_server import (
     TOKENS_PER_IMAGE,
     ChatCompletionRequest,
+    PrefixCache,
     TestServerConfig,
-    count_prompt_tokens,
     data_url_bytes,
     default_responder,
     draw_misbehaviour,
     is_fetched,
     latency_jitter_s,
+    prompt_token_sequence,
     verify_image,
 )
 
@@ -45,7 +47,7 @@ def test_prompt_tokens_are_words_plus_a_fixed_cost_per_image() -> None:
             ],
         }
     )
-    assert count_prompt_tokens(request) == 2 + 4 + TOKENS_PER_IMAGE
+    assert len(prompt_token_sequence(request)) == 2 + 4 + TOKENS_PER_IMAGE
 
 
 def test_image_urls_must_be_decodable_data_urls_unless_fetched() -> None:
@@ -96,3 +98,36 @@ def test_default_reply_is_deterministic_and_json_when_a_schema_is_asked() -> Non
     with_format = {**request, "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
     assert json.loads(default_responder(with_format)) == {"scores": ["good"], "ok": True}
     assert not default_responder(with_format, reply_json=False).startswith("{")
+
+
+def _judge_request(fixed: str, image: str, quoted: str) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": fixed},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image}},
+                        {"type": "text", "text": quoted},
+                    ],
+                },
+            ],
+        }
+    )
+
+
+def test_the_prefix_cache_serves_whole_blocks_of_a_prefix_seen_before_and_nothing_after_a_change() -> None:
+    cache = PrefixCache(block_tokens=4)
+    fixed = " ".join(f"rubric{i}" for i in range(10))  # 10 tokens: two whole blocks
+    first = prompt_token_sequence(_judge_request(fixed, png_data_url(), "answers of one"))
+    assert cache.cached_tokens(first) == 0
+    assert cache.cached_tokens(first) == len(first) // 4 * 4, "the same prompt again: every whole block"
+
+    other_image = "data:image/png;base64," + base64.b64encode(b"another image").decode()
+    second = prompt_token_sequence(_judge_request(fixed, other_image, "answers of one"))
+    assert cache.cached_tokens(second) == 8, "the fixed part's whole blocks; the image differs after it"
+
+    moved = prompt_token_sequence(_judge_request("changed " + fixed, png_data_url(), "answers of one"))
+    assert cache.cached_tokens(moved) == 0, "a change at the start leaves nothing cached after it"

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from shared.registry import ModelEntry, Registry, assigned_models
+from shared.registry import JudgeEntry, ModelEntry, Registry, assigned_models
 
 INSTRUCTION_IDS = [f"inst-{n:08d}" for n in range(2000)]
 
@@ -59,3 +59,23 @@ def test_an_instruction_that_names_its_models_keeps_them():
     reg = registry(["a", "b", "c"], 2)
     assert assigned_models(["c", "a"], reg, "inst-1") == ["a", "c"]
     assert assigned_models([], reg, "inst-1") == reg.assign("inst-1")
+
+
+def test_a_judge_call_is_priced_per_part_with_cached_prompt_tokens_at_their_own_rate():
+    """Recorded usage of one call: 2,000 prompt tokens, 1,536 of them from the provider's cache."""
+    judge = JudgeEntry(
+        id="gpt",
+        model="gpt-4o",
+        base_url="http://judge/v1",
+        price_per_1k_input=2.5,
+        price_per_1k_cached_input=1.25,
+        price_per_1k_output=10.0,
+    )
+    cost = judge.call_cost(prompt_tokens=2000, cached_prompt_tokens=1536, completion_tokens=300)
+    assert cost.input_usd == pytest.approx(464 * 2.5 / 1000)
+    assert cost.cached_input_usd == pytest.approx(1536 * 1.25 / 1000)
+    assert cost.output_usd == pytest.approx(3.0)
+    assert cost.total_usd == pytest.approx(1.16 + 1.92 + 3.0)
+    unpriced_cache = judge.model_copy(update={"price_per_1k_cached_input": None})
+    full = unpriced_cache.call_cost(prompt_tokens=2000, cached_prompt_tokens=1536, completion_tokens=300)
+    assert full.total_usd == pytest.approx(2000 * 2.5 / 1000 + 3.0), "no cached price: the full price"

@@ -11,7 +11,7 @@ from services.annotator.handler import AnnotatorContext, handle_response, rate
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.backends.errors import TransientBackendError
 from shared.contracts import events as ev
-from tests.integration.judge_responder import judge_responder
+from tests.integration.judge_responder import judge_responder, prompt_text
 from tests.unit.services.annotator.context import annotator_context
 
 
@@ -37,7 +37,8 @@ class ScriptedJudge:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         results = []
         for request in requests:
-            prompt = request.messages[0].text
+            messages = [{"role": m.role, "content": m.text} for m in request.messages]
+            prompt = prompt_text(messages)
             self.prompts.append(prompt)
             if "BUG" in prompt:
                 raise ZeroDivisionError("a bug")
@@ -45,7 +46,6 @@ class ScriptedJudge:
                 if marker in prompt and left > 0:
                     self.outages[marker] = left - 1
                     raise TransientBackendError("judge away")
-            messages = [{"content": m.text} for m in request.messages]
             reply = judge_responder({"messages": messages, "response_format": request.response_format})
             results.append(GenerationResult(text=reply, finish_reason="stop"))
         return results

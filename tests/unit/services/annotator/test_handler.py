@@ -11,7 +11,7 @@ from services.annotator.handler import AnnotatorContext, handle_response, rate
 from shared.backends.base import GenerationRequest, GenerationResult
 from shared.contracts import events as ev
 from shared.contracts.events import Aspect
-from tests.integration.judge_responder import asked_aspects, shown_answers
+from tests.integration.judge_responder import asked_aspects, prompt_text, shown_answers
 from tests.unit.services.annotator.context import annotator_context
 
 H, V, E = Aspect.HELPFULNESS, Aspect.VISUAL_FAITHFULNESS, Aspect.ETHICAL_CONSIDERATIONS
@@ -31,7 +31,7 @@ class FirstShownBiasedJudge:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         results = []
         for request in requests:
-            prompt = request.messages[0].text
+            prompt = prompt_text([{"role": m.role, "content": m.text} for m in request.messages])
             self.prompts.append(prompt)
             lines = []
             for position, text in enumerate(shown_answers(prompt)):

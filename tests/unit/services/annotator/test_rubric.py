@@ -14,6 +14,7 @@ from services.annotator.rubric import (
     MAX_QUOTED_REPLY_CHARS,
     RUBRICS,
     Aspect,
+    JudgePrompt,
     PromptTemplate,
     ReplyFormat,
     build_all_in_one_prompt,
@@ -44,29 +45,56 @@ def test_every_rubric_defines_all_five_levels() -> None:
         assert all(level.strip() for level in RUBRICS[aspect].levels)
 
 
+def _text(prompt: JudgePrompt) -> str:
+    return "\n\n".join(message.text for message in prompt.messages())
+
+
 def test_all_in_one_prompt_shows_instruction_rubrics_and_answers_in_order() -> None:
     prompt = build_all_in_one_prompt("What animal is on the sofa?", ANSWERS)
-    assert "What animal is on the sofa?" in prompt
+    assert "What animal is on the sofa?" in prompt.quoted
     for aspect in ALL_ASPECTS:
-        assert RUBRICS[aspect].question in prompt
-        assert f"5: {RUBRICS[aspect].levels[4]}" in prompt
+        assert RUBRICS[aspect].question in prompt.fixed
+        assert f"5: {RUBRICS[aspect].levels[4]}" in prompt.fixed
     positions = [
-        prompt.index(f"[Answer {n}]\n{text}\n[End of Answer {n}]") for n, text in enumerate(ANSWERS, 1)
+        prompt.quoted.index(f"[Answer {n}]\n{text}\n[End of Answer {n}]") for n, text in enumerate(ANSWERS, 1)
     ]
     assert positions == sorted(positions)
-    assert "[Answer 5]" not in prompt
-    assert "Reference" not in prompt
-    assert prompt.endswith(markdown_layout(4, ALL_ASPECTS))
+    assert "[Answer 5]" not in prompt.quoted
+    assert "Reference" not in _text(prompt)
+    assert prompt.fixed.endswith(markdown_layout(4, ALL_ASPECTS))
+
+
+@pytest.mark.parametrize("mode", ["all_in_one", "per_aspect"])
+@pytest.mark.parametrize("reply_format", list(ReplyFormat))
+def test_the_fixed_part_is_byte_identical_across_instructions_and_comes_first(
+    mode: str, reply_format: ReplyFormat
+) -> None:
+    """Providers cache a prompt's prefix: the rubric and reply format must come before anything
+    that differs between instructions (instruction, answers, reference, quote mark, images)."""
+
+    def build(instruction: str, answers: list[str], reference: str | None) -> JudgePrompt:
+        if mode == "per_aspect":
+            return build_per_aspect_prompt(Aspect.HELPFULNESS, instruction, answers, reference, reply_format)
+        return build_all_in_one_prompt(instruction, answers, reference, reply_format)
+
+    one = build("What animal is on the sofa?", ANSWERS, None)
+    other = build("How many dogs?", [a.upper() for a in ANSWERS], "Two dogs.")
+    assert one.fixed == other.fixed
+    assert "# Reply format" in one.fixed and "# Aspects" in one.fixed
+    for varying in ("sofa", "<<", "[Answer"):
+        assert varying not in one.fixed
+    assert [m.role for m in one.messages()] == ["system", "user"]
+    assert one.messages()[0].text == one.fixed
 
 
 def test_reference_answer_is_shown_when_given() -> None:
-    prompt = build_all_in_one_prompt("How many dogs?", ANSWERS, reference="Two dogs.")
+    prompt = build_all_in_one_prompt("How many dogs?", ANSWERS, reference="Two dogs.").quoted
     assert "[Reference]\nTwo dogs.\n[End of Reference]" in prompt
     assert prompt.index("[Reference]") < prompt.index("[Answer 1]")
 
 
 def test_per_aspect_prompt_shows_only_that_rubric() -> None:
-    prompt = build_per_aspect_prompt(Aspect.VISUAL_FAITHFULNESS, "Describe it.", ANSWERS[:2])
+    prompt = _text(build_per_aspect_prompt(Aspect.VISUAL_FAITHFULNESS, "Describe it.", ANSWERS[:2]))
     assert RUBRICS[Aspect.VISUAL_FAITHFULNESS].question in prompt
     assert RUBRICS[Aspect.HELPFULNESS].question not in prompt
     assert RUBRICS[Aspect.ETHICAL_CONSIDERATIONS].question not in prompt
@@ -81,7 +109,7 @@ def fill_layout(layout: str, ratings: list[int]) -> str:
 
 
 def test_a_reply_in_the_requested_layout_parses_back() -> None:
-    prompt = build_all_in_one_prompt("Describe it.", ANSWERS)
+    prompt = build_all_in_one_prompt("Describe it.", ANSWERS).fixed
     layout = prompt[prompt.index("## Answer 1\n### Helpfulness") :]
     ratings = [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]
     parsed = parse_markdown_ratings(fill_layout(layout, ratings), 4, ALL_ASPECTS)
@@ -90,7 +118,7 @@ def test_a_reply_in_the_requested_layout_parses_back() -> None:
 
 
 def test_json_prompt_names_every_answer_key() -> None:
-    prompt = build_all_in_one_prompt("Describe it.", ANSWERS, reply_format=ReplyFormat.JSON)
+    prompt = _text(build_all_in_one_prompt("Describe it.", ANSWERS, reply_format=ReplyFormat.JSON))
     assert "answer_1, answer_2, answer_3, answer_4" in prompt
     assert "## Answer 1\n### Helpfulness" not in prompt
 

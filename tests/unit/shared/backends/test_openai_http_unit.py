@@ -225,6 +225,23 @@ def test_result_from_completion_is_lenient_about_extra_fields_and_reasons() -> N
     assert result.latency_s == 0.25
 
 
+def test_cached_prompt_tokens_are_read_from_the_usage_details() -> None:
+    """As OpenAI reports them, and vLLM with --enable-prompt-tokens-details; absent or null: none."""
+    usage = {"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1536}}
+    body = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    assert result_from_completion(json.dumps(body).encode(), 0.1).cached_prompt_tokens == 1536
+    for details in (None, {}, {"cached_tokens": None}):
+        body["usage"] = {**usage, "prompt_tokens_details": details}
+        assert result_from_completion(json.dumps(body).encode(), 0.1).cached_prompt_tokens == 0
+
+
+def test_more_cached_than_prompt_tokens_is_a_broken_server() -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 11}}
+    body = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    with pytest.raises(TransientBackendError, match="cached_prompt_tokens"):
+        result_from_completion(json.dumps(body).encode(), 0.1)
+
+
 def test_a_content_given_as_parts_is_their_text() -> None:
     parts = [
         {"type": "text", "text": "A red "},

@@ -1,12 +1,17 @@
 import threading
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from shared.contracts import events as ev
-from shared.ledger import Ledger
+from shared.ledger import JudgeSpend, Ledger
+from shared.ledger.store import MIGRATIONS_DIR
 from shared.ledger.tables import Base
+from shared.registry import CallCost
 
 
 def _instruction(n: int = 1) -> ev.Instruction:
@@ -119,12 +124,25 @@ def test_judge_replies_and_predictions_are_kept(ledger):
         purpose=purpose,
         raw_reply="Rating: 4",
         prompt_tokens=100,
+        cached_prompt_tokens=60,
         completion_tokens=20,
-        cost_usd=0.01,
+        cost=CallCost(input_usd=0.004, cached_input_usd=0.0015, output_usd=0.006),
     )
     assert ledger.judge_reply(call).raw_reply == "Rating: 4"
     assert ledger.judge_reply(call).purpose == purpose
-    assert ledger.judge_spend() == {"gpt": pytest.approx(0.01)}
+    assert ledger.judge_reply(call).cached_prompt_tokens == 60
+    assert ledger.judge_spend()["gpt"].model_dump() == pytest.approx(
+        JudgeSpend(
+            calls=1,
+            prompt_tokens=100,
+            cached_prompt_tokens=60,
+            completion_tokens=20,
+            total_usd=0.0115,
+            input_usd=0.004,
+            cached_input_usd=0.0015,
+            output_usd=0.006,
+        ).model_dump()
+    )
     ledger.save_prediction("base", "mme", "color/1.png#0", "Yes")
     assert ledger.prediction("base", "mme", "color/1.png#0") == "Yes"
     assert ledger.prediction("tuned", "mme", "color/1.png#0") is None
@@ -168,3 +186,27 @@ def test_a_fact_written_by_two_concurrent_calls_counts_once(ledger):
         t.join()
     assert sum(counts) == 1 + 16  # the instruction once, each caller's own response once
     assert ledger.count(ev.Instruction) == 1
+
+
+def test_judge_calls_kept_before_the_cost_split_keep_their_cost_after_the_upgrade(ledger_url):
+    """Migration 0003 adds cached tokens and the cost parts: a reply paid for before it still counts
+    in the judge's total, and is neither priced again nor given parts it never had."""
+    led = Ledger(ledger_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with led.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.execute(
+            text(
+                "INSERT INTO judge_calls (id, instruction_id, judge_id, purpose, raw_reply, prompt_tokens,"
+                " completion_tokens, cost_usd, created_at)"
+                " VALUES ('old', 'inst-1', 'gpt', 'pass1', 'Rating: 4', 100, 20, 0.01, '2026-01-01')"
+            )
+        )
+    led.migrate()
+    spend = led.judge_spend()["gpt"]
+    assert (spend.calls, spend.prompt_tokens, spend.cached_prompt_tokens) == (1, 100, 0)
+    assert spend.total_usd == pytest.approx(0.01)
+    assert spend.input_usd == spend.cached_input_usd == spend.output_usd == 0
+    led.close()
