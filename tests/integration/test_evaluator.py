@@ -8,6 +8,8 @@ server, and eval jobs run as real processes under the service's job supervisor.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,10 +173,12 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
 def test_a_served_model_is_scored_through_its_registry_endpoint_with_the_registry_key(
     kafka_bootstrap, namespace, ledger_url, tmp_path, monkeypatch
 ):
-    """`vlf eval --endpoint served`: the evaluator answers MME and greedy accuracy through the
-    registry's OpenAI-compatible endpoint, with the registry's key (the server refuses any other).
-    The endpoint always says "Yes", so the scores are known: MME's questions come in yes/no pairs
-    (accuracy 50, accuracy+ 0: 50 per subtask), and one of the two greedy items is "yes"."""
+    """`vlf eval --endpoint served --wait`: the evaluator answers MME and greedy accuracy through the
+    registry's OpenAI-compatible endpoint, with the registry's key (the server refuses any other),
+    and the command follows the job to its end. The endpoint always says "Yes", so the scores are
+    known: MME's questions come in yes/no pairs (accuracy 50, accuracy+ 0: 50 per subtask), and one
+    of the two greedy items is "yes". An evaluation that fails (MMHal-Bench without its files) makes
+    `--wait` exit 1 with the reason."""
     key = "sk-served-endpoint"
     monkeypatch.setenv("VLF_TEST_SERVED_KEY", key)
     build_mme_fixture(tmp_path / "mme", MME_SUBTASKS, MME_IMAGES_PER_SUBTASK, seed=0)
@@ -191,28 +195,45 @@ def test_a_served_model_is_scored_through_its_registry_endpoint_with_the_registr
         pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
         ledger = Ledger(ledger_url)
         ledger.migrate()
-        request = ev.EvalRequest(
-            eval_id="eval-served",
-            model=ev.ModelRef(name="served", base_model="test-model", endpoint_id="served"),
-            benchmarks=["mme", "greedy_accuracy"],
-        )
+
+        def vlf_eval(*args: str) -> subprocess.CompletedProcess:
+            command = [
+                sys.executable,
+                "-m",
+                "vlf.cli",
+                "eval",
+                "test-model",
+                "--endpoint",
+                "served",
+                "--wait",
+            ]
+            return subprocess.run(
+                [*command, *args], env=pipeline.env, capture_output=True, text=True, timeout=150
+            )
+
         try:
-            with EventPublisher(pipeline.settings) as publisher:
-                publisher.publish([request])
             pipeline.start(
                 "services.evaluator",
                 "evaluator",
                 VLF_EVALUATOR_MME_ROOT=str(tmp_path / "mme"),
                 VLF_EVALUATOR_MME_SUBTASKS=json.dumps(MME_SUBTASKS),
                 VLF_EVALUATOR_GREEDY_EVAL_PATH=str(greedy_file(tmp_path)),
+                VLF_EVALUATOR_MMHAL_PATH=str(tmp_path / "no-mmhal.json"),
                 VLF_EVALUATOR_JOB_LOG_DIR=str(tmp_path / "jobs"),
             )
-            wait_until(lambda: ledger.count(ev.EvalResult) == 2, 100, "both results")
+            waited = vlf_eval("--name", "served", "--benchmark", "mme", "--benchmark", "greedy_accuracy")
+            failed = vlf_eval("--name", "served-mmhal", "--benchmark", "mmhal", "--timeout", "100")
         finally:
             failures = pipeline.stop_all()
     assert not failures, failures
-    results = {r.benchmark: r for r in ledger.iter_facts(ev.EvalResult, eval_id="eval-served")}
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "completed" in waited.stdout
+    [eval_id] = {r.eval_id for r in ledger.iter_facts(ev.EvalResult) if r.model.name == "served"}
+    results = {r.benchmark: r for r in ledger.iter_facts(ev.EvalResult, eval_id=eval_id)}
+    assert set(results) == {"mme", "greedy_accuracy"}, "--wait returned once every benchmark had a result"
     assert all(r.status == "completed" and r.model.endpoint_id == "served" for r in results.values()), results
     assert {s: results["mme"].metrics[s] for s in MME_SUBTASKS} == {s: 50.0 for s in MME_SUBTASKS}
     assert results["mme"].metrics["total"] == 50.0 * len(MME_SUBTASKS)
     assert results["greedy_accuracy"].metrics == {"accuracy": 0.5, "n": float(GREEDY_ITEMS)}
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "failed" in failed.stderr and "mmhal" in failed.stderr

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from devkit import kafka_local
 from shared.ledger import Ledger
+from shared.ledger.tables import JobRow
 from shared.registry import Registry
 from shared.settings import CommonSettings
 from vlf.cli.dataset_cmd import export_app, import_command, stats_command
 from vlf.cli.dlq_cmd import app as dlq_app
 from vlf.cli.report_cmd import app as report_app
+from vlf.follow import JobView, JobWaitTimeout, evaluation_view, training_view, wait_for_job
 
 app = typer.Typer(
     help="VLFeedback pipeline: sample, judge, pair, train and evaluate LVLMs over Kafka.",
@@ -183,6 +187,10 @@ def train(
     lora: Annotated[bool, typer.Option(help="LoRA (the paper) or a full fine-tune.")] = True,
     epochs: Annotated[float, typer.Option(help="Epochs (paper: 3).")] = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job to its end; exit 1 if it fails.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds.")
+    ] = None,
 ) -> None:
     """Request a DPO run with the paper's hyperparameters (override the common ones here)."""
     import time
@@ -201,7 +209,12 @@ def train(
     )
     with EventPublisher(CommonSettings()) as publisher:
         publisher.publish([request])
-    console.print(f"requested training job {request.job_id}; follow it with `vlf status`")
+    if not wait:
+        console.print(f"requested training job {request.job_id}; follow it with `vlf status`")
+        return
+    console.print(f"requested training job {request.job_id}")
+    with closing(Ledger(CommonSettings().ledger_url)) as ledger:
+        follow_job(ledger, request.job_id, training_view, timeout)
 
 
 @app.command("eval")
@@ -213,6 +226,12 @@ def evaluate(
     endpoint: Annotated[
         str | None,
         typer.Option(help="Registry id of the model serving it (the registry holds its URL and key)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the job to its end; exit 1 if a benchmark fails.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds.")
     ] = None,
 ) -> None:
     """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1."""
@@ -229,7 +248,46 @@ def evaluate(
     )
     with EventPublisher(CommonSettings()) as publisher:
         publisher.publish([request])
-    console.print(f"requested evaluation {request.eval_id}; follow it with `vlf status`")
+    if not wait:
+        console.print(f"requested evaluation {request.eval_id}; follow it with `vlf status`")
+        return
+    console.print(f"requested evaluation {request.eval_id}")
+    with closing(Ledger(CommonSettings().ledger_url)) as ledger:
+        follow_job(ledger, request.eval_id, evaluation_view(ledger, request.eval_id, benchmark), timeout)
+
+
+def follow_job(
+    ledger: Ledger, job_id: str, view: Callable[[JobRow | None], JobView], timeout_s: float | None
+) -> None:
+    """Show the job's progress until it ends; exit 1 if it failed, 2 if the wait ran out."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[figures]}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task(job_id, total=None, figures="")
+
+        def show(row: JobRow | None) -> None:
+            shown = view(row)
+            bar.update(
+                task,
+                description=f"{job_id} {shown.status}",
+                completed=shown.completed,
+                total=shown.total,
+                figures=escape(shown.figures),
+            )
+
+        try:
+            row = wait_for_job(ledger, job_id, show, timeout_s=timeout_s)
+        except JobWaitTimeout as exc:
+            fail(str(exc), "the job goes on: follow it with `vlf status`")
+    if row.status == "failed":
+        err.print(f"[bold red]job {escape(job_id)} failed:[/] {escape(row.error or 'no reason recorded')}")
+        raise typer.Exit(1)
+    console.print(f"job {job_id} completed")
 
 
 @app.command()
