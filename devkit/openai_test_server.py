@@ -200,8 +200,12 @@ def prompt_token_sequence(request: ChatCompletionRequest) -> list[str]:
     tokens naming the image, in message and content-part order."""
     tokens: list[str] = []
     for message in request.messages:
-        parts = [TextPart(type="text", text=message.content)] if isinstance(message.content, str) else []
-        for part in parts or message.content:
+        parts = (
+            [TextPart(type="text", text=message.content)]
+            if isinstance(message.content, str)
+            else message.content
+        )
+        for part in parts:
             if isinstance(part, TextPart):
                 tokens += part.text.split()
             else:

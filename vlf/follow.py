@@ -63,7 +63,8 @@ def training_view(row: JobRow | None) -> JobView:
         if progress.get(key) is not None:
             figures.append(f"{name} {progress[key]:{spec}}")
     if progress.get("eta_s") is not None and row.status == "running":
-        figures.append(f"ETA {int(progress['eta_s']) // 60}m{int(progress['eta_s']) % 60:02d}s")
+        minutes, seconds = divmod(int(progress["eta_s"]), 60)
+        figures.append(f"ETA {minutes}m{seconds:02d}s")
     total = progress.get("total_steps") or None
     return JobView(row.status, progress.get("step", 0), total, " ".join(figures))
 

@@ -204,8 +204,8 @@ def _judge_pass(
     answers = [r.text for r in shown]
     for aspects in groups:
         purpose = f"{tag}:{ctx.judge.mode}:{'+'.join(a.value for a in aspects)}"
-        prompt = _prompt(inst, answers, aspects, reply_format, ctx).messages()
-        request = _request(prompt, images, len(shown), aspects, ctx)
+        prompt_messages = _prompt(inst, answers, aspects, reply_format, ctx).messages()
+        request = _request(prompt_messages, images, len(shown), aspects, ctx)
         reply = _paid_call(inst.instruction_id, shown, purpose, request, ctx, usage)
         try:
             parsed = parse_ratings(reply, len(shown), aspects, reply_format)
@@ -213,7 +213,7 @@ def _judge_pass(
             ctx.metrics.parse_failures.labels(ctx.judge.id).inc()
             repair = build_repair_prompt(reply, str(exc), len(shown), aspects, reply_format)
             messages = [
-                *prompt,
+                *prompt_messages,
                 ChatMessage(role="assistant", text=reply),
                 ChatMessage(role="user", text=repair),
             ]
