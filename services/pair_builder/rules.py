@@ -13,7 +13,10 @@ The strategy then keeps some of the valid pairs:
 - ``vlfeedback``: all of them (score = mean of the three aspect ratings; the paper's rule);
 - ``min_margin``: those with margin >= ``min_margin``;
 - ``best_vs_worst``: the one with the largest margin (highest vs lowest score), none on a tie;
-- ``aspect:<name>``: all of them, scored by that one aspect, e.g. ``aspect:Visual Faithfulness``.
+- ``aspect:<name>``: all of them, scored by that one aspect, e.g. ``aspect:Visual Faithfulness``;
+- ``agreement``: those that at least ``quorum`` of the counted judges (default: all of them) order
+  the same way on their own scores, so a pair no quorum backs never reaches training. Needs two or
+  more ``judge_ids``; a judge that scores the two answers equal does not back the pair.
 
 ``max_pairs_per_instruction`` then keeps the largest margins (equal margins: smaller pair id first).
 
@@ -31,12 +34,12 @@ from datetime import datetime
 from fractions import Fraction
 from itertools import combinations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts import events as ev
 from shared.contracts.ids import pair_id
 
-PLAIN_STRATEGIES = ("vlfeedback", "min_margin", "best_vs_worst")
+PLAIN_STRATEGIES = ("vlfeedback", "min_margin", "best_vs_worst", "agreement")
 ASPECT_PREFIX = "aspect:"
 
 
@@ -68,12 +71,31 @@ class PairRule(BaseModel):
     judge_ids: tuple[str, ...] = Field(
         (), description="Judges whose ratings count (averaged). Empty: each annotation on its own."
     )
+    quorum: int | None = Field(
+        None, ge=2, description="Only used by the agreement strategy. None: every counted judge."
+    )
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         strategy_aspects(value)
         return value
+
+    @model_validator(mode="after")
+    def _quorum_matches_judges(self) -> PairRule:
+        if self.strategy != "agreement":
+            if self.quorum is not None:
+                raise ValueError(f"quorum goes with strategy 'agreement' only (got {self.strategy!r})")
+            return self
+        if len(self.judge_ids) < 2:
+            raise ValueError(f"strategy 'agreement' needs two or more judge_ids (got {list(self.judge_ids)})")
+        if self.quorum is not None and self.quorum > len(self.judge_ids):
+            raise ValueError(f"quorum {self.quorum} is more than the {len(self.judge_ids)} judges counted")
+        return self
+
+    def required_backers(self) -> int:
+        """How many judges must order a pair the same way for the agreement strategy to keep it."""
+        return self.quorum if self.quorum is not None else len(self.judge_ids)
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class PairOutcome:
     ties_dropped: int = 0
     skipped_bad_ratings: int = 0
     below_min_margin: int = 0
+    below_quorum: int = 0
     not_selected: int = 0
     capped: int = 0
 
@@ -176,10 +199,13 @@ def build_pairs(
             )
 
     kept = valid
-    below = not_selected = 0
+    below = below_quorum = not_selected = 0
     if rule.strategy == "min_margin":
         kept = [p for p in valid if p.margin >= rule.min_margin]
         below = len(valid) - len(kept)
+    elif rule.strategy == "agreement":
+        kept = _backed_by_quorum(valid, counted, rule)
+        below_quorum = len(valid) - len(kept)
     elif rule.strategy == "best_vs_worst":
         kept = _largest_margins(valid, 1)
         not_selected = len(valid) - len(kept)
@@ -191,9 +217,25 @@ def build_pairs(
         ties_dropped=ties,
         skipped_bad_ratings=bad,
         below_min_margin=below,
+        below_quorum=below_quorum,
         not_selected=not_selected,
         capped=len(kept) - len(capped_pairs),
     )
+
+
+def _backed_by_quorum(pairs: list[ev.Pair], counted: list[ev.Annotation], rule: PairRule) -> list[ev.Pair]:
+    """The pairs that enough judges, each on its own scores, order as the averaged score does."""
+    aspects = strategy_aspects(rule.strategy)
+    own_scores = [{a.response_id: a.score for a in score_answers([ann], aspects)} for ann in counted]
+    kept = []
+    for pair in pairs:
+        backers = 0
+        for scores in own_scores:
+            chosen, rejected = scores.get(pair.chosen.response_id), scores.get(pair.rejected.response_id)
+            backers += chosen is not None and rejected is not None and chosen > rejected
+        if backers >= rule.required_backers():
+            kept.append(pair)
+    return kept
 
 
 def _largest_margins(pairs: list[ev.Pair], limit: int) -> list[ev.Pair]:

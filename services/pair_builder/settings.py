@@ -17,7 +17,8 @@ class PairBuilderSettings(YamlOverlaySettings):
     # --- which pairs ---
     strategy: str = Field(
         "vlfeedback",
-        description="vlfeedback | min_margin | best_vs_worst | aspect:<Aspect name> (aspect:Helpfulness).",
+        description="vlfeedback | min_margin | best_vs_worst | agreement | aspect:<Aspect name> "
+        "(aspect:Helpfulness).",
     )
     min_margin: float = Field(0.0, ge=0, description="Smallest score gap kept by the min_margin strategy.")
     max_pairs_per_instruction: int | None = Field(
@@ -28,6 +29,12 @@ class PairBuilderSettings(YamlOverlaySettings):
         default_factory=list,
         description="Judges whose ratings are averaged; pairs wait until all of them annotated. "
         "Empty: every annotation makes pairs from its own judge alone. Env: a JSON list.",
+    )
+    quorum: int | None = Field(
+        None,
+        ge=2,
+        description="Strategy agreement: keep a pair only if this many judges order it the same way "
+        "(unset: all of judge_ids).",
     )
     # --- held-out split ---
     heldout_fraction: float = Field(0.005, ge=0, le=1, description="Share of instructions held out.")
@@ -46,6 +53,7 @@ class PairBuilderSettings(YamlOverlaySettings):
                 f"min_margin > 0 goes with strategy 'min_margin' and only with it "
                 f"(got strategy={self.strategy!r}, min_margin={self.min_margin})"
             )
+        self.rule()  # the rule's own checks (the agreement quorum) fail at start-up, not per message
         return self
 
     def rule(self) -> PairRule:
@@ -54,4 +62,5 @@ class PairBuilderSettings(YamlOverlaySettings):
             min_margin=self.min_margin,
             max_pairs_per_instruction=self.max_pairs_per_instruction,
             judge_ids=tuple(self.judge_ids),
+            quorum=self.quorum,
         )

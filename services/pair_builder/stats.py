@@ -41,6 +41,7 @@ class PairStats(BaseModel):
     ties_dropped: int
     skipped_bad_ratings: int
     below_min_margin: int
+    below_quorum: int
     not_selected: int
     capped: int
     margin_histogram: dict[str, int]
@@ -118,6 +119,7 @@ def pair_stats(outcomes: Iterator[PairOutcome], rule: PairRule) -> PairStats:
         counts["ties_dropped"] += outcome.ties_dropped
         counts["skipped_bad_ratings"] += outcome.skipped_bad_ratings
         counts["below_min_margin"] += outcome.below_min_margin
+        counts["below_quorum"] += outcome.below_quorum
         counts["not_selected"] += outcome.not_selected
         counts["capped"] += outcome.capped
         for pair in outcome.pairs:
@@ -132,6 +134,7 @@ def pair_stats(outcomes: Iterator[PairOutcome], rule: PairRule) -> PairStats:
         ties_dropped=counts["ties_dropped"],
         skipped_bad_ratings=counts["skipped_bad_ratings"],
         below_min_margin=counts["below_min_margin"],
+        below_quorum=counts["below_quorum"],
         not_selected=counts["not_selected"],
         capped=counts["capped"],
         margin_histogram=dict(sorted(margins.items(), key=lambda kv: float(kv[0]))),

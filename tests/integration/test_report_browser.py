@@ -225,6 +225,28 @@ def test_report_holds_the_ledger_numbers_and_renders(ledger_url, tmp_path):
     assert non_white / pixels > 0.03, f"only {non_white / pixels:.1%} of the page is not white"
 
 
+def test_report_shows_how_far_two_judges_agree(ledger_url, tmp_path):
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    one, two = factories.instruction(1), factories.instruction(2)
+    ledger.record(
+        # helpfulness 5,1,4,2 against 5,1,4,2: kappa 1; ethics always 5 for the first judge: kappa 0
+        factories.annotation(one, {"a": (5, 5, 5), "b": (1, 1, 5)}, judge_id="gpt-4o"),
+        factories.annotation(two, {"a": (4, 4, 5), "b": (2, 2, 5)}, judge_id="gpt-4o"),
+        factories.annotation(one, {"a": (5, 5, 4), "b": (1, 1, 5)}, judge_id="human review"),
+        # means: gpt-4o a 13/3 > b 3; human b 10/3 > a 3: the judges order instruction two apart
+        factories.annotation(two, {"a": (4, 1, 4), "b": (2, 3, 5)}, judge_id="human review"),
+    )
+
+    html = write_report(gather_report(ledger), tmp_path / "report.html").read_text()
+    ledger.close()
+
+    cells = _cells(html)
+    assert cells["kappa-gpt-4o-human-review-helpfulness"] == "1.000"
+    assert cells["kappa-gpt-4o-human-review-ethical-considerations"] == "0.000"
+    assert cells["order-agreed-gpt-4o-human-review"] == "0.500"
+
+
 def test_report_command_reads_training_curves_from_kafka(kafka_bootstrap, namespace, ledger_url, tmp_path):
     settings = CommonSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_namespace=namespace)
     ledger = Ledger(ledger_url)

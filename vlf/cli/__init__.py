@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -21,6 +20,7 @@ from shared.registry import Registry
 from shared.settings import CommonSettings
 from vlf.cli.dataset_cmd import export_app, import_command, stats_command
 from vlf.cli.dlq_cmd import app as dlq_app
+from vlf.cli.output import console, err, fail
 from vlf.cli.report_cmd import app as report_app
 from vlf.follow import JobView, JobWaitTimeout, evaluation_view, training_view, wait_for_job
 
@@ -35,14 +35,6 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(export_app, name="export")
 app.command("import")(import_command)
 app.command("stats")(stats_command)
-console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str, hint: str) -> None:
-    """Print ``message`` (it may quote user data, so as text, never as markup) and exit 2."""
-    err.print(f"[bold red]error:[/] {escape(message)}\n[dim]hint: {escape(hint)}[/]")
-    raise typer.Exit(2)
 
 
 @kafka_app.command("up")

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from shared.blobs.store import BlobStore
 from shared.ledger import Ledger
 from shared.settings import CommonSettings
+from vlf.cli.output import console, fail
 
-console = Console()
 export_app = typer.Typer(
     help="Export pairs for TRL, or the whole dataset in the VLFeedback layout.", no_args_is_help=True
 )
@@ -93,8 +92,7 @@ def export_trl_command(
     if push_to:
         token = os.environ.get("HF_TOKEN")
         if not token:
-            console.print("[red]error:[/] --push-to needs HF_TOKEN in the environment")
-            raise typer.Exit(2)
+            fail("--push-to needs HF_TOKEN in the environment", "export HF_TOKEN=<a token with write access>")
         console.print(f"pushed to {push_to_hub(out_dir / 'dataset', push_to, token)}")
 
 
@@ -102,17 +100,29 @@ def stats_command(
     strategy: Annotated[str, typer.Option(help="Pair strategy the pair counts use.")] = "vlfeedback",
     min_margin: Annotated[float, typer.Option(help="For strategy min_margin.")] = 0.0,
     judge_id: Annotated[list[str] | None, typer.Option(help="Only these judges' ratings.")] = None,
+    quorum: Annotated[
+        int | None, typer.Option(help="For strategy agreement: judges that must order a pair alike.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Per model mean ratings per aspect, rating histograms, pairs made, ties, skipped, margins, and
     the agreement of every two judges (weighted kappa per aspect, share of answer pairs ordered alike)."""
+    from pydantic import ValidationError
+
     from services.pair_builder.rules import PairRule
     from services.pair_builder.stats import collect_stats
 
+    try:
+        rule = PairRule(
+            strategy=strategy, min_margin=min_margin, judge_ids=tuple(judge_id or ()), quorum=quorum
+        )
+    except ValidationError as exc:
+        fail(
+            "; ".join(e["msg"] for e in exc.errors()),
+            "strategy agreement takes --judge-id twice or more, and --quorum at most that many",
+        )
     ledger, _ = _open()
-    stats = collect_stats(
-        ledger, PairRule(strategy=strategy, min_margin=min_margin, judge_ids=tuple(judge_id or ()))
-    )
+    stats = collect_stats(ledger, rule)
     if as_json:
         console.print_json(json.dumps(stats.model_dump(mode="json")))
     else:

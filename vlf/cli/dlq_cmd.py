@@ -6,25 +6,18 @@ from typing import Annotated
 
 import typer
 from kafka.errors import KafkaError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from shared.settings import CommonSettings
 from vlf import dlq_tools
+from vlf.cli.output import console, fail
 
 app = typer.Typer(
     help="Dead-letter queues: list letters, replay them to their source topic.", no_args_is_help=True
 )
-console = Console()
-err = Console(stderr=True)
 
 TopicArg = Annotated[str, typer.Argument(help="Source topic (e.g. vlf.instructions.v1) or its .dlq name.")]
-
-
-def _fail(message: str, hint: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}\n[dim]hint: {escape(hint)}[/]")
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -38,9 +31,9 @@ def show(
         letters = dlq_tools.read_dead_letters(settings, topic, limit=limit)
         marks = dlq_tools.replay_marks(settings, topic)
     except dlq_tools.DlqToolError as exc:
-        _fail(str(exc), "topic names are listed by `vlf status`")
+        fail(str(exc), "topic names are listed by `vlf status`")
     except KafkaError as exc:
-        _fail(
+        fail(
             f"cannot read Kafka at {settings.kafka_bootstrap_servers}: {exc}", "start it with `vlf kafka up`"
         )
     table = Table(title=f"{settings.topic_namespace}{dlq_tools.source_spec(topic).dlq}")
@@ -78,9 +71,9 @@ def replay(
     try:
         outcome = dlq_tools.replay(settings, topic, where=dlq_tools.parse_where(where), dry_run=dry_run)
     except dlq_tools.DlqToolError as exc:
-        _fail(str(exc), "`vlf dlq show <topic>` lists the letters and their headers")
+        fail(str(exc), "`vlf dlq show <topic>` lists the letters and their headers")
     except KafkaError as exc:
-        _fail(
+        fail(
             f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}", "start it with `vlf kafka up`"
         )
     verb = "would replay" if outcome.dry_run else "replayed"

@@ -7,14 +7,12 @@ from typing import Annotated
 
 import typer
 from kafka.errors import KafkaError
-from rich.console import Console
 
 from shared.ledger import Ledger
 from shared.settings import CommonSettings
+from vlf.cli.output import console, fail
 
 app = typer.Typer(help="Write the pipeline report (one HTML file, no external assets).")
-console = Console()
-err = Console(stderr=True)
 
 
 @app.callback(invoke_without_command=True)
@@ -44,11 +42,10 @@ def report(
             progress = read_train_progress(settings)
             dlq_sizes, _lag = kafka_numbers(settings)
         except KafkaError as exc:
-            err.print(
-                f"[bold red]error:[/] cannot read Kafka at {settings.kafka_bootstrap_servers}: {exc}\n"
-                "[dim]hint: start it with `vlf kafka up`, or report from the ledger alone with --no-kafka[/]"
+            fail(
+                f"cannot read Kafka at {settings.kafka_bootstrap_servers}: {exc}",
+                "start it with `vlf kafka up`, or report from the ledger alone with --no-kafka",
             )
-            raise typer.Exit(2) from None
     data = gather_report(ledger, progress=progress, dlq_sizes=dlq_sizes, demo_note=demo_note)
     ledger.close()
     console.print(f"report written to {write_report(data, out)}")

@@ -16,6 +16,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from pydantic import BaseModel, Field
 
+from services.pair_builder.agreement import JudgePairAgreement, JudgeRatings
 from shared.contracts import events as ev
 from shared.contracts.topics import TRAIN_PROGRESS
 from shared.ledger import JudgeSpend, Ledger
@@ -90,6 +91,9 @@ class ReportData(BaseModel):
     ratings: list[RatingStats]
     position_bias: list[PositionBias]
     self_agreement: SelfAgreement | None
+    judge_agreement: list[JudgePairAgreement] = Field(
+        description="Every two judges that rated answers in common: weighted kappa, order agreement."
+    )
     margins: list[MarginBin]
     train_curves: list[TrainCurve]
     progress_from_kafka: bool
@@ -198,6 +202,13 @@ def eval_metrics(results: Iterable[ev.EvalResult]) -> dict[str, dict[str, float]
     return dict(table)
 
 
+def judge_agreement(annotations: Iterable[ev.Annotation]) -> list[JudgePairAgreement]:
+    ratings = JudgeRatings()
+    for annotation in annotations:
+        ratings.add(annotation)
+    return ratings.agreement()
+
+
 def results_table(metrics: dict[str, dict[str, float]]) -> dict | None:
     base, tuned = metrics.get(BASE_NAME, {}), metrics.get(TUNED_NAME, {})
     return build_results_table(base, tuned) if base or tuned else None
@@ -249,6 +260,7 @@ def gather_report(
         ratings=rating_stats(ledger.iter_facts(ev.Annotation)),
         position_bias=position_bias(ledger.iter_facts(ev.Annotation)),
         self_agreement=self_agreement(ledger.iter_facts(ev.Annotation)),
+        judge_agreement=judge_agreement(ledger.iter_facts(ev.Annotation)),
         margins=margin_histogram(p.margin for p in ledger.iter_facts(ev.Pair)),
         train_curves=train_curves(ledger.jobs(kind="train"), progress or []),
         progress_from_kafka=progress is not None,

@@ -8,6 +8,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from shared.contracts import events as ev
 from vlf.report.data import RATING_LEVELS, ReportData
 from vlf.report.results_table import COLUMNS
 from vlf.report.svg import grouped_bar_chart, line_chart
@@ -80,6 +81,7 @@ def render_report(data: ReportData) -> str:
     return env.get_template(TEMPLATE).render(
         data=data,
         rating_levels=RATING_LEVELS,
+        aspects=[aspect.value for aspect in ev.Aspect],
         rating_charts=rating_charts(data),
         bias_chart=grouped_bar_chart(
             "Mean rating by shown position",

@@ -589,8 +589,24 @@ def test_the_pair_rule_in_values_reaches_the_pair_builder_settings(
     assert settings.judge_ids == ["gpt4v", "verify"]
     assert (settings.heldout_fraction, settings.seed) == (0.01, 7)
     (default,) = of_kind(render([]), "Deployment", "pair-builder")
-    assert "VLF_PAIRS_MAX_PAIRS_PER_INSTRUCTION" not in env_of(
-        default["spec"]["template"]["spec"]["containers"][0]
+    default_env = env_of(default["spec"]["template"]["spec"]["containers"][0])
+    assert "VLF_PAIRS_MAX_PAIRS_PER_INSTRUCTION" not in default_env and "VLF_PAIRS_QUORUM" not in default_env
+
+
+def test_an_agreement_quorum_in_values_reaches_the_pair_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.pair_builder.rules import PairRule
+    from services.pair_builder.settings import PairBuilderSettings
+
+    rule = {"strategy": "agreement", "judgeIds": ["gpt4v", "qwen", "human"], "quorum": 2}
+    objects = render([write_values(tmp_path, {"pairBuilder": {"rule": rule}})])
+    (deployment,) = of_kind(objects, "Deployment", "pair-builder")
+    for name, value in env_of(deployment["spec"]["template"]["spec"]["containers"][0]).items():
+        if name.startswith("VLF_PAIRS_"):
+            monkeypatch.setenv(name, value)
+    assert PairBuilderSettings().rule() == PairRule(
+        strategy="agreement", judge_ids=("gpt4v", "qwen", "human"), quorum=2
     )
 
 

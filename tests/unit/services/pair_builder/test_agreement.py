@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from typer.testing import CliRunner
 
 from services.pair_builder.agreement import JudgeRatings, quadratic_weighted_kappa
 from services.pair_builder.rules import PairRule
 from services.pair_builder.stats import collect_stats
 from shared.ledger import Ledger
 from tests import factories
+from vlf.cli import app
 
 
 @pytest.mark.parametrize(
@@ -78,3 +82,33 @@ def test_vlf_stats_reports_the_agreement_of_the_judges_it_covers(tmp_path) -> No
     assert agreement.kappa["Helpfulness"] == round(1 - (2 / 16) / (10 / 16), 4)
     assert one_judge.agreement == []
     ledger.close()
+
+
+def test_vlf_stats_counts_the_pairs_the_agreement_quorum_drops(tmp_path) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    one, two = factories.instruction(1), factories.instruction(2)
+    ledger.record(
+        # one: both judges put a above b; two: they disagree, the average puts a first (3 against 2.5)
+        factories.annotation(one, {"a": (5, 5, 5), "b": (1, 1, 1)}),
+        factories.annotation(one, {"a": (4, 4, 4), "b": (2, 2, 2)}, judge_id="other"),
+        factories.annotation(two, {"a": (5, 5, 5), "b": (1, 1, 1)}),
+        factories.annotation(two, {"a": (1, 1, 1), "b": (4, 4, 4)}, judge_id="other"),
+    )
+    ledger.close()
+    env = {"VLF_LEDGER_URL": ledger_url, "VLF_BLOB_URL": str(tmp_path / "blobs")}
+    judges = ["--judge-id", "judge", "--judge-id", "other"]
+
+    agreed = CliRunner().invoke(app, ["stats", "--strategy", "agreement", *judges, "--json"], env=env)
+    averaged = CliRunner().invoke(app, ["stats", *judges, "--json"], env=env)
+    too_many = CliRunner().invoke(
+        app, ["stats", "--strategy", "agreement", *judges, "--quorum", "3"], env=env
+    )
+
+    assert agreed.exit_code == 0, agreed.output
+    pairs = json.loads(agreed.output)["pairs"]
+    assert (pairs["strategy"], pairs["pairs"], pairs["below_quorum"]) == ("agreement", 1, 1)
+    assert json.loads(averaged.output)["pairs"]["pairs"] == 2
+    assert too_many.exit_code == 2
+    assert "quorum 3 is more than the 2 judges counted" in too_many.output

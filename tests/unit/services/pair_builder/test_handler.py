@@ -63,3 +63,16 @@ def test_settings_read_the_environment_and_check_the_margin(monkeypatch):
     monkeypatch.setenv("VLF_PAIRS_MIN_MARGIN", "1.0")
     with pytest.raises(ValueError, match="strategy='vlfeedback', min_margin=1.0"):
         PairBuilderSettings()
+
+
+def test_settings_take_the_agreement_quorum_and_refuse_one_that_cannot_be_met(monkeypatch):
+    monkeypatch.setenv("VLF_PAIRS_STRATEGY", "agreement")
+    monkeypatch.setenv("VLF_PAIRS_JUDGE_IDS", '["gpt-4v", "qwen-judge", "human"]')
+    monkeypatch.setenv("VLF_PAIRS_QUORUM", "2")
+
+    assert PairBuilderSettings().rule() == PairRule(
+        strategy="agreement", judge_ids=("gpt-4v", "qwen-judge", "human"), quorum=2
+    )
+    monkeypatch.setenv("VLF_PAIRS_QUORUM", "4")
+    with pytest.raises(ValueError, match="quorum 4 is more than the 3 judges counted"):
+        PairBuilderSettings()

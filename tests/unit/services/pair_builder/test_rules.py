@@ -152,6 +152,73 @@ def test_other_judges_are_ignored_and_a_missing_counted_judge_is_an_error():
         build_pairs([j1], PairRule(), "train", ("j1", "j2"))
 
 
+THREE_JUDGES = ("j1", "j2", "j3")
+
+
+def three_judges_disagreeing() -> list[ev.Annotation]:
+    """Own scores: j1 a 5 > b 3 > c 1; j2 b 5 > a 4 > c 2; j3 a 5 > b 2 = c 2 (a tie).
+
+    Averaged: a 14/3 > b 10/3 > c 5/3. Backers of each pair as the average orders it: a over b j1
+    and j3; a over c all three; b over c j1 and j2 (j3's tie backs neither side).
+    """
+    return [
+        factories.annotation(INST, {"a": (5, 5, 5), "b": (3, 3, 3), "c": (1, 1, 1)}, judge_id="j1"),
+        factories.annotation(INST, {"a": (4, 4, 4), "b": (5, 5, 5), "c": (2, 2, 2)}, judge_id="j2"),
+        factories.annotation(INST, {"a": (5, 5, 5), "b": (2, 2, 2), "c": (2, 2, 2)}, judge_id="j3"),
+    ]
+
+
+def test_agreement_keeps_only_pairs_every_judge_orders_the_same_way_by_default():
+    rule = PairRule(strategy="agreement", judge_ids=THREE_JUDGES)
+
+    outcome = build_pairs(three_judges_disagreeing(), rule, "train", THREE_JUDGES)
+
+    assert summary(outcome) == {("a", "c", 3.0)}
+    assert outcome.below_quorum == 2
+    [pair] = outcome.pairs
+    assert pair.pair_id == pair_id(INST.instruction_id, rid("a"), rid("c"), "agreement|j1,j2,j3")
+
+
+def test_agreement_with_a_quorum_of_two_keeps_the_pairs_two_judges_back():
+    rule = PairRule(strategy="agreement", judge_ids=THREE_JUDGES, quorum=2)
+
+    outcome = build_pairs(three_judges_disagreeing(), rule, "train", THREE_JUDGES)
+
+    assert summary(outcome) == {("a", "b", 1.3333), ("a", "c", 3.0), ("b", "c", 1.6667)}
+    assert outcome.below_quorum == 0
+
+
+def test_a_judge_backs_a_pair_on_its_own_mean_score_not_aspect_by_aspect():
+    j1 = factories.annotation(INST, {"a": (5, 5, 5), "b": (1, 1, 1)}, judge_id="j1")
+    # j2 puts b first on helpfulness, a first on its mean (4 against 5/3): it backs a over b
+    j2 = factories.annotation(INST, {"a": (2, 5, 5), "b": (3, 1, 1)}, judge_id="j2")
+    # here its mean puts b first (4/3 against 5/3), while the average still puts a first (19/6, 4/3)
+    j2_reversed = factories.annotation(INST, {"a": (2, 1, 1), "b": (3, 1, 1)}, judge_id="j2")
+    rule = PairRule(strategy="agreement", judge_ids=("j1", "j2"))
+
+    assert summary(build_pairs([j1, j2], rule, "train", ("j1", "j2"))) == {("a", "b", 3.1667)}
+    reversed_outcome = build_pairs([j1, j2_reversed], rule, "train", ("j1", "j2"))
+    assert (reversed_outcome.pairs, reversed_outcome.below_quorum) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"strategy": "agreement", "judge_ids": ("j1",)}, "needs two or more judge_ids"),
+        ({"strategy": "agreement"}, "needs two or more judge_ids"),
+        ({"strategy": "agreement", "judge_ids": ("j1", "j2"), "quorum": 3}, "more than the 2 judges"),
+        (
+            {"strategy": "vlfeedback", "judge_ids": ("j1", "j2"), "quorum": 2},
+            "with strategy 'agreement' only",
+        ),
+        ({"strategy": "agreement", "judge_ids": ("j1", "j2"), "quorum": 1}, "greater than or equal to 2"),
+    ],
+)
+def test_an_agreement_rule_that_cannot_work_is_refused_with_the_reason(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        PairRule(**fields)
+
+
 def test_pair_ids_are_deterministic():
     scores = {"a": (5, 5, 5), "b": (4, 4, 4), "c": (1, 1, 1)}
 

@@ -55,6 +55,7 @@ def test_pair_counts_follow_the_rule_and_match_the_ledger(ledger):
         "ties_dropped": 1,
         "skipped_bad_ratings": 1,
         "below_min_margin": 0,
+        "below_quorum": 0,
         "not_selected": 0,
         "capped": 0,
         "margin_histogram": {"2.00": 2},
