@@ -6,6 +6,11 @@ decode too), and misbehaves on request: latency, 429 with Retry-After, 500, hang
 timeout, a context limit. Every call is recorded
 (``GET/DELETE /_calls``, ``GET /_stats``) so tests can check what a client really sent.
 
+It also speaks OpenAI's Batch API (``/v1/files``, ``/v1/batches``, in ``devkit.openai_test_batches``):
+a batch stays in_progress for ``batch_completion_s``, then the next poll runs each line through the same
+path as a live call and writes the output and error files; ``batch_fail_custom_ids`` and
+``batch_expire`` make items fail or the batch expire.
+
 Token counting rule (reported in ``usage``): prompt tokens = whitespace-separated words of every
 text in the messages + ``TOKENS_PER_IMAGE`` per image; completion tokens = words of the reply.
 The reply is cut to ``max_tokens`` words, with ``finish_reason`` "length" when cut. With
@@ -29,7 +34,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -81,6 +86,16 @@ class TestServerConfig(BaseModel):
     )
     reply_json_when_response_format: bool = Field(
         True, description="The default responder answers a json_schema response_format with JSON."
+    )
+    # --- batch API ---
+    batch_completion_s: float = Field(
+        0.0, ge=0, description="A batch stays in_progress this long after creation, then runs when polled."
+    )
+    batch_fail_custom_ids: list[str] = Field(
+        default_factory=list, description="Batch items with these custom_ids get a 500 error line."
+    )
+    batch_expire: bool = Field(
+        False, description="Batches expire instead of completing: the first half of their lines run."
     )
 
 
@@ -137,6 +152,7 @@ class CallRecord(BaseModel):
     first_user_text: str
     chat_template: str | None = None
     fetched_image_urls: list[str] = []
+    batch_id: str | None = Field(None, description="The batch that ran this call; None for a live call.")
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -282,6 +298,15 @@ def error_body(message: str, error_type: str, code: str | None = None) -> dict[s
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A chat completion's answer before it becomes an HTTP response or a line of a batch's output."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 # --- the app -------------------------------------------------------------------------------------
 
 
@@ -344,6 +369,8 @@ def draw_misbehaviour(config: TestServerConfig, call_index: int) -> Misbehaviour
 def create_app(config: TestServerConfig) -> Starlette:
     """Plain Starlette, not FastAPI: at 64 calls in flight in a benchmark, FastAPI's routing and
     middleware cost the server a third of its CPU on the same cores as the client it measures."""
+    from devkit.openai_test_batches import batch_routes  # here: that module builds on this one's shapes
+
     calls = _CallLog()
     cache = PrefixCache(config.prefix_cache_block_tokens) if config.prefix_cache_block_tokens else None
 
@@ -376,15 +403,35 @@ def create_app(config: TestServerConfig) -> Starlette:
             calls.in_flight -= 1
 
     async def _complete(http_request: Request, call_index: int) -> JSONResponse:
+        reply = await answer(
+            await http_request.body(),
+            f"call-{call_index}",
+            delay_s=config.latency_s + latency_jitter_s(config, call_index),
+            misbehaviour=draw_misbehaviour(config, call_index),
+        )
+        if reply.status == 504:
+            await asyncio.sleep(config.hang_s)
+        return JSONResponse(reply.body, reply.status, headers=reply.headers)
+
+    async def answer(
+        raw: bytes,
+        call_id: str,
+        *,
+        batch_id: str | None = None,
+        delay_s: float = 0.0,
+        misbehaviour: Misbehaviour | None = None,
+    ) -> Reply:
+        """One chat completion, recorded in the call log: the single path of live calls and batch items,
+        so a batch answers exactly what a live call with the same body would."""
         started_at = time.time()
         try:
-            request_json = await http_request.json()
+            request_json = json.loads(raw)
             request = ChatCompletionRequest.model_validate(request_json)
             for url in image_urls(request):
                 verify_image(await fetched_bytes(url) if is_fetched(url) else data_url_bytes(url))
         except (ValueError, ValidationError) as error:  # json and pydantic errors are ValueErrors
             record = CallRecord(
-                id=f"call-{call_index}",
+                id=call_id,
                 model="",
                 n_images=0,
                 prompt_tokens=0,
@@ -393,13 +440,14 @@ def create_app(config: TestServerConfig) -> Starlette:
                 started_at=started_at,
                 text_prompt_sha256="",
                 first_user_text="",
+                batch_id=batch_id,
             )
             calls.add(record)
-            return JSONResponse(error_body(f"invalid request: {error}", "invalid_request_error"), 400)
+            return Reply(400, error_body(f"invalid request: {error}", "invalid_request_error"))
 
         tokens = prompt_token_sequence(request)
         record = CallRecord(
-            id=f"call-{call_index}",
+            id=call_id,
             model=request.model,
             n_images=len(image_urls(request)),
             prompt_tokens=len(tokens),
@@ -411,42 +459,45 @@ def create_app(config: TestServerConfig) -> Starlette:
             first_user_text=first_user_text(request),
             chat_template=request.chat_template,
             fetched_image_urls=[url for url in image_urls(request) if is_fetched(url)],
+            batch_id=batch_id,
         )
         calls.add(record)
-        await asyncio.sleep(config.latency_s + latency_jitter_s(config, call_index))
+        await asyncio.sleep(delay_s)
 
-        response, record = _respond(request, request_json, record, draw_misbehaviour(config, call_index))
+        reply, record = _respond(request, request_json, record, misbehaviour)
         calls.update(record)
-        if record.status == 504:
-            await asyncio.sleep(config.hang_s)
-        return response
+        return reply
+
+    async def run_batch_item(raw: bytes, call_id: str, batch_id: str, fail: bool) -> Reply:
+        """A batch item takes the live path without latency or drawn failures; ``fail`` forces a 500."""
+        return await answer(raw, call_id, batch_id=batch_id, misbehaviour="server_error" if fail else None)
 
     def _respond(
         request: ChatCompletionRequest,
         request_json: dict[str, Any],
         record: CallRecord,
         misbehaviour: Misbehaviour | None,
-    ) -> tuple[JSONResponse, CallRecord]:
+    ) -> tuple[Reply, CallRecord]:
         if misbehaviour == "rate_limited":
             headers = {"retry-after": f"{config.retry_after_s:g}"} if config.retry_after_s is not None else {}
             body = error_body("Rate limit reached, slow down.", "rate_limit_error", "rate_limit_exceeded")
-            return JSONResponse(body, 429, headers=headers), record.model_copy(update={"status": 429})
+            return Reply(429, body, headers), record.model_copy(update={"status": 429})
         if misbehaviour == "server_error":
             body = error_body("The server had an error processing your request.", "server_error")
-            return JSONResponse(body, 500), record.model_copy(update={"status": 500})
+            return Reply(500, body), record.model_copy(update={"status": 500})
         if misbehaviour == "hang":
             body = error_body("The server hung past its deadline.", "timeout")
-            return JSONResponse(body, 504), record.model_copy(update={"status": 504})
+            return Reply(504, body), record.model_copy(update={"status": 504})
         if request.model not in config.models:
             body = error_body(f"The model `{request.model}` does not exist.", "invalid_request_error")
-            return JSONResponse(body, 404), record.model_copy(update={"status": 404})
+            return Reply(404, body), record.model_copy(update={"status": 404})
         if config.context_limit_tokens is not None and record.prompt_tokens > config.context_limit_tokens:
             message = (
                 f"This model's maximum context length is {config.context_limit_tokens} tokens. "
                 f"However, your messages resulted in {record.prompt_tokens} tokens."
             )
             body = error_body(message, "invalid_request_error", "context_length_exceeded")
-            return JSONResponse(body, 400), record.model_copy(update={"status": 400})
+            return Reply(400, body), record.model_copy(update={"status": 400})
 
         if config.responder is not None:
             text = config.responder(request_json)
@@ -478,7 +529,7 @@ def create_app(config: TestServerConfig) -> Starlette:
         }
         if cache is not None:
             body["usage"]["prompt_tokens_details"] = {"cached_tokens": record.cached_prompt_tokens}
-        return JSONResponse(body), record.model_copy(update={"completion_tokens": completion_tokens})
+        return Reply(200, body), record.model_copy(update={"completion_tokens": completion_tokens})
 
     async def list_calls(_request: Request) -> JSONResponse:
         return JSONResponse([record.model_dump(mode="json") for record in calls.records.values()])
@@ -497,6 +548,7 @@ def create_app(config: TestServerConfig) -> Starlette:
             Route("/_calls", list_calls, methods=["GET"]),
             Route("/_calls", reset_calls, methods=["DELETE"]),
             Route("/_stats", stats, methods=["GET"]),
+            *batch_routes(config, unauthorised, run_batch_item),
         ]
     )
 
@@ -561,6 +613,7 @@ def main(
     context_limit_tokens: int | None = typer.Option(None, help="Prompt token limit (400 beyond)."),
     prefix_cache_block: int | None = typer.Option(None, help="Report cached prompt tokens in blocks of N."),
     seed: int = typer.Option(0, help="Seed for failures and jitter."),
+    batch_completion_s: float = typer.Option(0.0, help="Seconds a batch stays in_progress before it runs."),
 ) -> None:
     """Serve the OpenAI-compatible test server until interrupted."""
     config = TestServerConfig(
@@ -575,6 +628,7 @@ def main(
         context_limit_tokens=context_limit_tokens,
         prefix_cache_block_tokens=prefix_cache_block,
         seed=seed,
+        batch_completion_s=batch_completion_s,
     )
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)
 

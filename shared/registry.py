@@ -111,23 +111,39 @@ class JudgeEntry(BaseModel):
         "(usage.prompt_tokens_details.cached_tokens); unset: the full input price.",
     )
     price_per_1k_output: float = Field(0.0, ge=0)
+    batch: bool = Field(
+        False,
+        description="Rate through the provider's Batch API (OpenAI /v1/files + /v1/batches): results "
+        "within its 24-hour window, at batch_price_ratio of the live price.",
+    )
+    batch_price_ratio: float = Field(
+        0.5, gt=0, le=1, description="Batch price as a share of the live one (OpenAI: half)."
+    )
 
     @model_validator(mode="after")
     def _ai_needs_model(self) -> JudgeEntry:
         if self.kind == "ai" and not self.model:
             raise ValueError(f"judge {self.id}: kind ai needs a model")
+        if self.batch and (self.kind != "ai" or self.backend != "openai"):
+            raise ValueError(
+                f"judge {self.id}: batch needs kind ai and backend openai (a server with the Batch API)"
+            )
         return self
 
-    def call_cost(self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int) -> CallCost:
+    def call_cost(
+        self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int, batch: bool = False
+    ) -> CallCost:
         """A call's price, split as providers bill it: cached prompt tokens are part of the prompt
-        tokens and are charged at the cached rate instead of the full one."""
+        tokens and are charged at the cached rate instead of the full one; a batch call costs
+        ``batch_price_ratio`` of each part."""
         cached_price = self.price_per_1k_cached_input
         if cached_price is None:
             cached_price = self.price_per_1k_input
+        ratio = self.batch_price_ratio if batch else 1.0
         return CallCost(
-            input_usd=(prompt_tokens - cached_prompt_tokens) * self.price_per_1k_input / 1000,
-            cached_input_usd=cached_prompt_tokens * cached_price / 1000,
-            output_usd=completion_tokens * self.price_per_1k_output / 1000,
+            input_usd=(prompt_tokens - cached_prompt_tokens) * self.price_per_1k_input * ratio / 1000,
+            cached_input_usd=cached_prompt_tokens * cached_price * ratio / 1000,
+            output_usd=completion_tokens * self.price_per_1k_output * ratio / 1000,
         )
 
 

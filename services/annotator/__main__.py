@@ -6,12 +6,13 @@ from functools import partial
 
 from prometheus_client import CollectorRegistry
 
+from services.annotator.batches import batch_timer
 from services.annotator.gather import gather_timer
 from services.annotator.handler import AnnotatorContext, handle_response
 from services.annotator.metrics import JudgeMetrics
 from services.annotator.rubric import PromptTemplate
 from services.annotator.settings import AnnotatorSettings
-from shared.backends.build import build_backend
+from shared.backends.build import build_backend, build_batch_client
 from shared.blobs.store import BlobStore
 from shared.contracts.topics import ANNOTATIONS, RESPONSES, annotator_group
 from shared.ledger import Ledger
@@ -30,6 +31,7 @@ def main() -> None:
     ledger.migrate()
     metrics_registry = CollectorRegistry()
     backend = build_backend(judge, metrics=metrics_registry) if judge.kind == "ai" else None
+    batches = build_batch_client(judge) if judge.batch else None
     template = PromptTemplate.from_file(judge.prompt_template) if judge.prompt_template else None
     if template is not None:
         template.check_mode(judge.mode)
@@ -42,6 +44,7 @@ def main() -> None:
         settings=settings,
         metrics=JudgeMetrics(metrics_registry),
         template=template,
+        batches=batches,
     )
     checks = {"ledger": ledger.ping} | ({"backend": backend.check} if backend else {})
     definition = ServiceDefinition(
@@ -52,10 +55,15 @@ def main() -> None:
         ready_checks=checks,
     )
     try:
-        serve(definition, common, settings, registry=metrics_registry, background=partial(gather_timer, ctx))
+        background = [partial(gather_timer, ctx)]
+        if batches is not None:
+            background.append(partial(batch_timer, ctx, batches))
+        serve(definition, common, settings, registry=metrics_registry, background=background)
     finally:
         if backend is not None:
             backend.close()
+        if batches is not None:
+            batches.close()
         ledger.close()
 
 

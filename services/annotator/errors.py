@@ -25,3 +25,9 @@ class TemplateAnswerCountError(PermanentError):
     answers than this instruction has (fewer arrived before the gather timeout, or more were
     sampled): the judge would rate slots that are empty or never see some answers. Permanent for
     this instruction only; the template is fine for the others."""
+
+
+class ReplyPending(VlfError):
+    """A judge reply is waiting for the provider's Batch API: the instruction is rated when the
+    batch's results come in (the request is kept in the ledger), so this is neither a failure to
+    retry nor one to dead-letter."""

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from services.annotator.errors import ReplyPending
 from services.annotator.handler import AnnotatorContext, existing_annotation, rate
 from shared.contracts import events as ev
 from shared.contracts.topics import RESPONSES
@@ -76,6 +77,8 @@ class GatherSweep:
             responses = ctx.ledger.responses_for(instruction_id)
             try:
                 annotation = rate(responses[0].instruction, responses, ctx)
+            except ReplyPending:
+                return 0  # queued for the judge's batch, whose results rate it
             except RetryableError as error:
                 ctx.metrics.sweep_failures.labels(ctx.judge.id, "retryable").inc()
                 log.warning("gather timeout: %s failed, retrying next sweep: %s", instruction_id, error)

@@ -10,6 +10,13 @@ annotation.
 Paid calls: every judge reply is written to the ledger under a deterministic call id (instruction,
 judge, purpose and the answers shown) before it is parsed, and looked up before any call, so a crash
 and redelivery never pays twice.
+
+Batch judges (``batch: true``): a call with no reply yet is queued in the ledger under that same id
+and the instruction waits (``ReplyPending``); ``services.annotator.batches`` sends the queue to the
+provider's Batch API, saves the replies as judge replies and rates the instruction again, now from
+the ledger. Every call of a pass (each aspect, the swap pass) is queued before the instruction
+waits, so one batch round trip serves them all; only a repair request needs another. A request the
+batch failed (or let expire) is made live.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from services.annotator.errors import RatingParseError
+from services.annotator.errors import RatingParseError, ReplyPending
 from services.annotator.metrics import JudgeMetrics
 from services.annotator.ordering import (
     average_ratings,
@@ -44,6 +51,7 @@ from services.annotator.rubric import PromptTemplate as JudgeTemplate
 from services.annotator.settings import AnnotatorSettings
 from services.annotator.verifiable import SkipReason, rate_with_reference
 from shared.backends.base import Backend, ChatMessage, GenerationRequest
+from shared.backends.openai_batch import OpenAIBatchClient
 from shared.blobs.store import BlobStore
 from shared.contracts import events as ev
 from shared.contracts.events import Aspect, SamplingParams
@@ -76,6 +84,7 @@ class AnnotatorContext:
     settings: AnnotatorSettings
     metrics: JudgeMetrics
     template: JudgeTemplate | None = None
+    batches: OpenAIBatchClient | None = None  # set for a judge with ``batch: true``
     locks: StripedLocks = field(default_factory=StripedLocks)
 
 
@@ -115,7 +124,10 @@ def handle_response(event: ev.Response, ctx: AnnotatorContext) -> list[ev.Annota
         responses = ctx.ledger.responses_for(inst.instruction_id)
         if len(responses) < expected_answers(inst, ctx.registry):
             return []
-        annotation = rate(inst, responses, ctx)
+        try:
+            annotation = rate(inst, responses, ctx)
+        except ReplyPending:
+            return []  # its requests are queued in the ledger; the batch's results rate it
         if annotation is None:
             return []
         ctx.ledger.record(annotation)  # before the runtime publishes it: a redelivery re-publishes it
@@ -127,7 +139,9 @@ def existing_annotation(instruction_id: str, ctx: AnnotatorContext) -> ev.Annota
 
 
 def rate(inst: ev.Instruction, responses: list[ev.Response], ctx: AnnotatorContext) -> ev.Annotation | None:
-    """Rate every answer (in response-id order); None when skipped. The caller records the annotation."""
+    """Rate every answer (in response-id order); None when skipped. The caller records the annotation.
+
+    Raises ``ReplyPending`` when a batch judge's replies are not all in yet."""
     responses = sorted(responses, key=lambda r: r.response_id)
     usage = _Usage()
     self_agree = None
@@ -141,14 +155,15 @@ def rate(inst: ev.Instruction, responses: list[ev.Response], ctx: AnnotatorConte
         mode = "verifiable"
     else:
         order = presentation_order(inst.instruction_id, [r.response_id for r in responses])
-        first = unshuffle(_judge_pass(inst, [responses[i] for i in order], ctx, "pass1", usage), order)
+        back = reverse_order(order)
+        passes = [(order, "pass1")] + ([(back, "swap")] if ctx.judge.swap else [])
+        first, *swapped = _judge_passes(inst, responses, passes, ctx, usage)
         positions = [order.index(i) for i in range(len(responses))]
         ratings = [
             {a: _contract_rating(r.rating, r.rationale) for a, r in per.items()} for per in first.answers
         ]
-        if ctx.judge.swap:
-            back = reverse_order(order)
-            second = unshuffle(_judge_pass(inst, [responses[i] for i in back], ctx, "swap", usage), back)
+        if swapped:
+            second = swapped[0]
             self_agree = self_agreement(first, second)
             means = average_ratings(first, second)
             ratings = [
@@ -193,43 +208,72 @@ def _contract_rating(value: float, rationale: str) -> ev.AspectRating:
     return ev.AspectRating(rating=value, raw=raw, rationale=rationale)
 
 
-def _judge_pass(
-    inst: ev.Instruction, shown: Sequence[ev.Response], ctx: AnnotatorContext, tag: str, usage: _Usage
-) -> ParsedRatings:
-    """One rating of ``shown`` (in that order): one call (all_in_one) or one per aspect."""
+def _judge_passes(
+    inst: ev.Instruction,
+    responses: Sequence[ev.Response],
+    passes: list[tuple[list[int], str]],
+    ctx: AnnotatorContext,
+    usage: _Usage,
+) -> list[ParsedRatings]:
+    """Each pass (presentation order, tag) rated and put back in response order. A batch judge
+    queues the calls of every pass before the instruction waits (``ReplyPending``)."""
     images = [ctx.blobs.get(uri) for uri in inst.image_uris]
     groups = [ALL_ASPECTS] if ctx.judge.mode == "all_in_one" else [(a,) for a in ALL_ASPECTS]
+    rated, pending = [], False
+    for order, tag in passes:
+        shown = [responses[i] for i in order]
+        merged: list[dict[Aspect, ParsedAspect]] = [{} for _ in shown]
+        for aspects in groups:
+            try:
+                parsed = _judge_call(inst, shown, images, aspects, f"{tag}:{ctx.judge.mode}", ctx, usage)
+            except ReplyPending:
+                pending = True
+                continue
+            for i, per in enumerate(parsed.answers):
+                merged[i].update(per)
+        rated.append(unshuffle(ParsedRatings(answers=tuple(merged)), order))
+    if pending:
+        raise ReplyPending(f"{inst.instruction_id}: waiting for the judge's batch")
+    return rated
+
+
+def _judge_call(
+    inst: ev.Instruction,
+    shown: Sequence[ev.Response],
+    images: list[bytes],
+    aspects: tuple[Aspect, ...],
+    tag: str,
+    ctx: AnnotatorContext,
+    usage: _Usage,
+) -> ParsedRatings:
+    """The ratings of ``aspects`` for ``shown`` (in that order), with one repair request if needed."""
     reply_format = ReplyFormat.JSON if ctx.judge.structured_output else ReplyFormat.MARKDOWN
-    merged: list[dict[Aspect, ParsedAspect]] = [{} for _ in shown]
     answers = [r.text for r in shown]
-    for aspects in groups:
-        purpose = f"{tag}:{ctx.judge.mode}:{'+'.join(a.value for a in aspects)}"
-        prompt_messages = _prompt(inst, answers, aspects, reply_format, ctx).messages()
-        request = _request(prompt_messages, images, len(shown), aspects, ctx)
-        reply = _paid_call(inst.instruction_id, shown, purpose, request, ctx, usage)
-        try:
-            parsed = parse_ratings(reply, len(shown), aspects, reply_format)
-        except RatingParseError as exc:
-            ctx.metrics.parse_failures.labels(ctx.judge.id).inc()
-            repair = build_repair_prompt(reply, str(exc), len(shown), aspects, reply_format)
-            messages = [
-                *prompt_messages,
-                ChatMessage(role="assistant", text=reply),
-                ChatMessage(role="user", text=repair),
-            ]
-            repaired = _paid_call(
-                inst.instruction_id,
-                shown,
-                purpose + ":repair",
-                _request(messages, images, len(shown), aspects, ctx),
-                ctx,
-                usage,
-            )
-            parsed = parse_ratings(repaired, len(shown), aspects, reply_format)  # a second failure: DLQ
-            ctx.metrics.repairs.labels(ctx.judge.id).inc()
-        for i, per in enumerate(parsed.answers):
-            merged[i].update(per)
-    return ParsedRatings(answers=tuple(merged))
+    purpose = f"{tag}:{'+'.join(a.value for a in aspects)}"
+    prompt_messages = _prompt(inst, answers, aspects, reply_format, ctx).messages()
+    request = _request(prompt_messages, images, len(shown), aspects, ctx)
+    reply = _paid_call(inst.instruction_id, shown, purpose, request, ctx, usage)
+    try:
+        return parse_ratings(reply, len(shown), aspects, reply_format)
+    except RatingParseError as exc:
+        ctx.metrics.parse_failures.labels(ctx.judge.id).inc()
+        repair = build_repair_prompt(reply, str(exc), len(shown), aspects, reply_format)
+        messages = [
+            *prompt_messages,
+            ChatMessage(role="assistant", text=reply),
+            ChatMessage(role="user", text=repair),
+        ]
+        repaired = _paid_call(
+            inst.instruction_id,
+            shown,
+            purpose + ":repair",
+            _request(messages, images, len(shown), aspects, ctx),
+            ctx,
+            usage,
+        )
+        parsed = parse_ratings(repaired, len(shown), aspects, reply_format)  # a second failure: DLQ
+        ctx.metrics.repairs.labels(ctx.judge.id).inc()
+        return parsed
 
 
 def _prompt(
@@ -281,6 +325,20 @@ def _paid_call(
         ctx.metrics.reused.labels(ctx.judge.id).inc()
         usage.add(kept.prompt_tokens, kept.cached_prompt_tokens, kept.completion_tokens, kept.cost_usd)
         return kept.raw_reply
+    if ctx.batches is not None:
+        queued = ctx.ledger.batch_request(call_id)
+        if queued is None:
+            ctx.ledger.queue_batch_request(
+                call_id,
+                judge_id=ctx.judge.id,
+                instruction_id=instruction_id,
+                purpose=purpose,
+                body=ctx.batches.request_body(request),
+            )
+            ctx.metrics.batch_requests.labels(ctx.judge.id, "queued").inc()
+        if queued is None or queued.state != "failed":
+            raise ReplyPending(f"{instruction_id}: {purpose} waits for the judge's batch")
+        # the batch failed it (or let it expire): made live, below
     assert ctx.backend is not None, "an AI judge needs a backend"
     started = time.monotonic()
     [result] = ctx.backend.generate([request])

@@ -38,6 +38,12 @@ class JudgeMetrics:
             ["judge", "kind"],
             registry=registry,
         )
+        self.batch_requests = Counter(
+            "vlf_judge_batch_requests",
+            "Judge calls through the Batch API, by outcome: queued, replied, failed (made live).",
+            ["judge", "outcome"],
+            registry=registry,
+        )
         self.skipped = Counter(
             "vlf_judge_skipped", "Instructions not rated, by reason.", ["judge", "reason"], registry=registry
         )

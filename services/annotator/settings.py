@@ -17,3 +17,11 @@ class AnnotatorSettings(YamlOverlaySettings):
     )
     min_answers: int = Field(2, ge=1, description="Fewest answers worth rating after the timeout.")
     sweep_interval_s: float = Field(10.0, gt=0, description="How often the gather timeout is checked.")
+    # --- batch judges (registry ``batch: true``) ---
+    batch_max_requests: int = Field(
+        1000, ge=1, description="Most judge calls in one Batch API upload (OpenAI allows 50,000)."
+    )
+    batch_max_wait_s: float = Field(
+        300.0, ge=0, description="Send a smaller batch once its oldest call has waited this long."
+    )
+    batch_poll_interval_s: float = Field(30.0, gt=0, description="How often batches are sent and polled.")

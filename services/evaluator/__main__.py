@@ -68,7 +68,7 @@ def main() -> None:
         ready_checks={"ledger": ledger.ping},
     )
     try:
-        serve(definition, common, settings, background=partial(supervise_jobs, ledger, settings))
+        serve(definition, common, settings, background=[partial(supervise_jobs, ledger, settings)])
     finally:
         ledger.close()
 

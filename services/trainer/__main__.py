@@ -63,7 +63,7 @@ def main() -> None:
         ready_checks={"ledger": ledger.ping},
     )
     try:
-        serve(definition, common, settings, background=supervise)
+        serve(definition, common, settings, background=[supervise])
     finally:
         ledger.close()
 

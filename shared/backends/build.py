@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry
 
 from shared.backends.base import Backend
 from shared.registry import JudgeEntry, ModelEntry
 from shared.runtime.event_loop import LoopThread
+
+if TYPE_CHECKING:
+    from shared.backends.openai_batch import OpenAIBatchClient
 
 
 def build_backend(
@@ -41,3 +46,16 @@ def build_backend(
             # No batch size: the sampler's lanes bound a batch, vLLM's scheduler bounds what runs at once.
             return VllmBackend(entry.model, chat_template=chat_template, registry=metrics)
     raise ValueError(f"unknown backend {entry.backend!r}")
+
+
+def build_batch_client(judge: JudgeEntry) -> OpenAIBatchClient:
+    """The Batch API client of a judge with ``batch: true`` (same server, key and model as its live calls)."""
+    from shared.backends.openai_batch import OpenAIBatchClient
+    from shared.backends.openai_http import resolve_api_key
+
+    return OpenAIBatchClient(
+        model=judge.model,
+        base_url=judge.base_url,
+        api_key=resolve_api_key(judge.api_key_env, judge.api_key_file),
+        timeout_s=judge.timeout_s,
+    )

@@ -18,7 +18,7 @@ import pydantic_core
 from alembic import command
 from alembic.config import Config
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, case, create_engine, event, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -56,6 +56,15 @@ class JudgeSpend(BaseModel):
     input_usd: float = Field(description="Prompt tokens at the full input price.")
     cached_input_usd: float = Field(description="Prompt tokens served from the provider's cache.")
     output_usd: float
+    batch_usd: float = Field(0.0, description="The part of total_usd paid at the Batch API's rate.")
+
+
+BATCH_WAITING = ("queued", "batched")  # batch request states whose instruction waits for the reply
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they were written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _now() -> datetime:
@@ -277,11 +286,16 @@ class Ledger:
         """(instruction id, answers) of instructions with at least ``min_answers`` answers but no
         rating by ``judge_id`` whose newest answer is older than ``settled_before`` (the annotator's
         gather timeout), in id order from after ``after``: a page of at most ``limit``, so a sweep
-        pages through all of them."""
+        pages through all of them. Instructions waiting for a batch of that judge are left out."""
         rated = select(t.AnnotationRow.instruction_id).where(t.AnnotationRow.judge_id == judge_id)
+        waiting = select(t.JudgeBatchRequestRow.instruction_id).where(
+            t.JudgeBatchRequestRow.judge_id == judge_id,
+            t.JudgeBatchRequestRow.state.in_(BATCH_WAITING),
+        )
         query = (
             select(t.ResponseRow.instruction_id, func.count())
             .where(t.ResponseRow.instruction_id.not_in(rated))
+            .where(t.ResponseRow.instruction_id.not_in(waiting))
             .group_by(t.ResponseRow.instruction_id)
             .having(func.max(t.ResponseRow.created_at) < settled_before)
             .having(func.count() >= min_answers)
@@ -317,6 +331,7 @@ class Ledger:
         cached_prompt_tokens: int,
         completion_tokens: int,
         cost: CallCost,
+        batch_id: str | None = None,
     ) -> None:
         row = dict(
             id=call_id,
@@ -331,6 +346,7 @@ class Ledger:
             input_cost_usd=cost.input_usd,
             cached_input_cost_usd=cost.cached_input_usd,
             output_cost_usd=cost.output_usd,
+            batch_id=batch_id,
             created_at=_now(),
         )
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
@@ -359,6 +375,7 @@ class Ledger:
             row.input_cost_usd,
             row.cached_input_cost_usd,
             row.output_cost_usd,
+            case((row.batch_id.is_not(None), row.cost_usd), else_=0.0),
         )
         query = select(row.judge_id, func.count(), *(func.sum(c) for c in sums)).group_by(row.judge_id)
         with self._session() as s:
@@ -373,9 +390,136 @@ class Ledger:
                 input_usd=float(inp or 0),
                 cached_input_usd=float(cached_inp or 0),
                 output_usd=float(out or 0),
+                batch_usd=float(batch or 0),
             )
-            for judge, calls, prompt, cached, completion, total, inp, cached_inp, out in rows
+            for judge, calls, prompt, cached, completion, total, inp, cached_inp, out, batch in rows
         }
+
+    # --- judge calls through a provider's Batch API ---------------------------------------------
+
+    def queue_batch_request(
+        self, call_id: str, *, judge_id: str, instruction_id: str, purpose: str, body: dict
+    ) -> None:
+        """Keep a judge call for the next batch (once: a call already queued stays as it is)."""
+        row = dict(
+            id=call_id,
+            judge_id=judge_id,
+            instruction_id=instruction_id,
+            purpose=purpose,
+            state="queued",
+            batch_key=None,
+            body=body,
+            error=None,
+            created_at=_now(),
+        )
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        with self._session() as s:
+            s.execute(
+                insert(t.JudgeBatchRequestRow).values(**row).on_conflict_do_nothing(index_elements=["id"])
+            )
+
+    def batch_request(self, call_id: str) -> t.JudgeBatchRequestRow | None:
+        with self._session() as s:
+            return s.get(t.JudgeBatchRequestRow, call_id)
+
+    def assemble_batch(self, judge_id: str, key: str, limit: int, queued_before: datetime) -> int:
+        """Put the judge's oldest queued requests, at most ``limit``, into a new batch ``key``, once
+        there are ``limit`` of them or the oldest was queued before ``queued_before``; returns how
+        many (0: no batch yet)."""
+        req = t.JudgeBatchRequestRow
+        oldest_first = (
+            select(req.id, req.created_at)
+            .where(req.judge_id == judge_id, req.state == "queued")
+            .order_by(req.created_at, req.id)
+            .limit(limit)
+        )
+        with self._session() as s:
+            queued = s.execute(oldest_first).all()
+            if not queued or (len(queued) < limit and _aware(queued[0].created_at) >= queued_before):
+                return 0
+            ids = [row.id for row in queued]
+            s.execute(update(req).where(req.id.in_(ids)).values(state="batched", batch_key=key))
+            now = _now()
+            s.add(
+                t.JudgeBatchRow(
+                    id=key,
+                    judge_id=judge_id,
+                    state="assembled",
+                    requests=len(ids),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return len(ids)
+
+    def batch_lines(self, key: str) -> list[tuple[str, dict]]:
+        """(call id, request body) of every request of batch ``key``, in call id order."""
+        req = t.JudgeBatchRequestRow
+        query = select(req.id, req.body).where(req.batch_key == key).order_by(req.id)
+        with self._session() as s:
+            return [(call_id, body) for call_id, body in s.execute(query) if body is not None]
+
+    def batch_call_ids(self, key: str) -> list[str]:
+        req = t.JudgeBatchRequestRow
+        with self._session() as s:
+            return list(s.scalars(select(req.id).where(req.batch_key == key).order_by(req.id)).all())
+
+    def open_batches(self, judge_id: str) -> list[t.JudgeBatchRow]:
+        """The judge's batches not yet done, oldest first."""
+        query = (
+            select(t.JudgeBatchRow)
+            .where(t.JudgeBatchRow.judge_id == judge_id, t.JudgeBatchRow.state != "done")
+            .order_by(t.JudgeBatchRow.created_at, t.JudgeBatchRow.id)
+        )
+        with self._session() as s:
+            return list(s.scalars(query).all())
+
+    def set_batch_file(self, key: str, file_id: str) -> None:
+        with self._session() as s:
+            s.execute(
+                update(t.JudgeBatchRow)
+                .where(t.JudgeBatchRow.id == key)
+                .values(file_id=file_id, updated_at=_now())
+            )
+
+    def set_batch_submitted(self, key: str, batch_id: str) -> None:
+        """The provider holds the batch: its requests' bodies are no longer needed here."""
+        with self._session() as s:
+            s.execute(
+                update(t.JudgeBatchRow)
+                .where(t.JudgeBatchRow.id == key)
+                .values(state="submitted", batch_id=batch_id, updated_at=_now())
+            )
+            s.execute(
+                update(t.JudgeBatchRequestRow)
+                .where(t.JudgeBatchRequestRow.batch_key == key)
+                .values(body=None)
+            )
+
+    def finish_batch(self, key: str, failures: dict[str, str]) -> list[str]:
+        """Mark batch ``key`` done: ``failures`` (call id -> reason) failed, its other requests done.
+        Returns the ids of the instructions it served."""
+        req = t.JudgeBatchRequestRow
+        with self._session() as s:
+            for call_id, reason in failures.items():
+                s.execute(update(req).where(req.id == call_id).values(state="failed", error=reason))
+            s.execute(update(req).where(req.batch_key == key, req.state == "batched").values(state="done"))
+            s.execute(
+                update(t.JudgeBatchRow)
+                .where(t.JudgeBatchRow.id == key)
+                .values(state="done", updated_at=_now())
+            )
+            query = (
+                select(req.instruction_id).where(req.batch_key == key).distinct().order_by(req.instruction_id)
+            )
+            return list(s.scalars(query).all())
+
+    def batch_request_counts(self, judge_id: str) -> dict[str, int]:
+        """The judge's batch requests per state (queued, batched, done, failed)."""
+        req = t.JudgeBatchRequestRow
+        query = select(req.state, func.count()).where(req.judge_id == judge_id).group_by(req.state)
+        with self._session() as s:
+            return {state: count for state, count in s.execute(query)}
 
     # --- benchmark predictions ------------------------------------------------------------------
 

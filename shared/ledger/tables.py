@@ -1,6 +1,7 @@
 """Ledger tables. Fact tables hold one immutable event each, keyed by its deterministic id, with the
 columns that queries filter on pulled out next to the full JSON payload. ``jobs`` is the one
-mutable table: the status of long jobs, owned by the service that runs them.
+mutable table: the status of long jobs, owned by the service that runs them, beside the two tables
+of judge requests in flight through a provider's Batch API.
 """
 
 from __future__ import annotations
@@ -58,7 +59,41 @@ class JudgeCallRow(Base):
     input_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     cached_input_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     output_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The provider's batch the reply came from; None for a live call (migration 0004).
+    batch_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JudgeBatchRequestRow(Base):
+    """A judge call waiting for the provider's Batch API, kept under its judge call id before the
+    message that asked for it is committed: queued, then in a batch, then done or failed (a failed
+    one is made live). ``body`` (the chat completion request) is dropped once the batch is created."""
+
+    __tablename__ = "judge_batch_requests"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    judge_id: Mapped[str] = mapped_column(String(128), index=True)
+    instruction_id: Mapped[str] = mapped_column(String(128), index=True)
+    purpose: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    batch_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    body: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JudgeBatchRow(Base):
+    """One upload to the Batch API, recorded under our own key before anything is sent: the key is
+    the uploaded file's name and the batch's metadata, so a restart finds what it sent."""
+
+    __tablename__ = "judge_batches"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    judge_id: Mapped[str] = mapped_column(String(128), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    file_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class PairRow(Base):

@@ -6,7 +6,7 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -66,12 +66,13 @@ def serve(
     common: CommonSettings,
     *service_settings: BaseSettings,
     registry: CollectorRegistry | None = None,
-    background: Callable[[KafkaRuntime, threading.Event], None] | None = None,
+    background: Sequence[Callable[[KafkaRuntime, threading.Event], None]] = (),
 ) -> None:
     """Block until SIGTERM/SIGINT; exit non-zero (by raising) when a handler crashed.
 
-    ``registry`` lets handlers put their own metrics on /metrics; ``background(runtime, stopped)``
-    runs in a daemon thread (timers such as the annotator's gather timeout) until ``stopped`` is set.
+    ``registry`` lets handlers put their own metrics on /metrics; each of ``background(runtime,
+    stopped)`` runs in a daemon thread of its own (timers such as the annotator's gather timeout)
+    until ``stopped`` is set.
     """
     configure_logging(common.log_level, json_logs=common.log_json)
     runtime = KafkaRuntime(definition, common, registry)
@@ -87,16 +88,19 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runtime.stop())
     stopped = threading.Event()
-    worker = threading.Thread(
-        target=run_background, args=(background, runtime, stopped), name="background", daemon=True
-    )
-    if background is not None:
+    workers = [
+        threading.Thread(
+            target=run_background, args=(task, runtime, stopped), name=f"background-{i}", daemon=True
+        )
+        for i, task in enumerate(background)
+    ]
+    for worker in workers:
         worker.start()
     try:
         runtime.run()
     finally:
         stopped.set()
-        if background is not None:
+        for worker in workers:
             worker.join(timeout=90)  # e.g. the job supervisor stopping its job processes
         server.should_exit = True
         http_thread.join(timeout=5)

@@ -120,7 +120,7 @@ def main() -> None:
         loop=loop,
     )
     fails_after = os.environ.get("RECORDER_BACKGROUND_FAILS_AFTER_S")
-    background = partial(failing_background, float(fails_after)) if fails_after else None
+    background = [partial(failing_background, float(fails_after))] if fails_after else []
     serve(definition, common, background=background)
 
 

@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 
 import httpx
+import openai
 import pytest
 
 from devkit.openai_test_server import TestServerConfig, serve_in_thread
@@ -199,3 +200,63 @@ def test_cached_prompt_tokens_are_recorded_and_priced_at_the_cached_rate(
     annotations = list(ledger.iter_facts(ev.Annotation))
     assert sum(a.usage.cached_prompt_tokens for a in annotations) == cached
     assert sum(a.usage.cost_usd for a in annotations) == pytest.approx(spend.total_usd)
+
+
+def test_a_batch_judge_survives_a_sigkill_between_upload_and_results(
+    kafka_bootstrap, namespace, ledger_url, tmp_path
+):
+    """The annotator is killed while its batch is at the provider: the restarted one finds the batch
+    it sent, uploads nothing again, and rates every instruction once from the batch's replies."""
+    config = TestServerConfig(responder=judge_responder, batch_completion_s=8.0)
+    with serve_in_thread(config) as server:
+        judge = {"id": "judge-md", "model": "test-model", "base_url": server.base_url, "batch": True}
+        judge |= {"price_per_1k_input": 1.0, "price_per_1k_output": 2.0}
+        registry = write_registry(tmp_path / "registry.yaml", server.base_url, ["m1", "m2"], 2, [judge])
+        pipeline = Pipeline(kafka_bootstrap, namespace, ledger_url, tmp_path, registry)
+        ledger = Ledger(ledger_url)
+        ledger.migrate()
+        batch_env = {
+            "VLF_ANNOTATOR_JUDGE_ID": "judge-md",
+            "VLF_ANNOTATOR_BATCH_MAX_WAIT_S": "0",
+            "VLF_ANNOTATOR_BATCH_POLL_INTERVAL_S": "0.3",
+        }
+        with EventPublisher(pipeline.settings) as publisher:
+            publisher.publish(_responses(pipeline, [f"Describe square {n}." for n in range(6)]))
+        victim = pipeline.start("services.annotator", "victim", **batch_env)
+
+        def all_sent() -> bool:
+            batches = ledger.open_batches("judge-md")
+            return sum(b.requests for b in batches) == 6 and all(b.batch_id for b in batches)
+
+        wait_until(all_sent, 60, "all 6 judge calls sent in batches")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        assert ledger.count(ev.Annotation) == 0, "the kill must land before the batch's results"
+        try:
+            pipeline.start("services.annotator", "restarted", **batch_env)
+            wait_until(lambda: ledger.count(ev.Annotation) == 6, 90, "all 6 annotations")
+            published = consume_all(kafka_bootstrap, namespace + topics.ANNOTATIONS.name, expect=6)
+        finally:
+            failures = [f for f in pipeline.stop_all() if "victim" not in f]
+        assert not failures, failures
+        sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        uploaded = [
+            json.loads(line)["custom_id"]
+            for file in sdk.files.list(purpose="batch")
+            for line in sdk.files.content(file.id).text.splitlines()
+            if line
+        ]
+        calls = _calls(server)
+    assert len(uploaded) == len(set(uploaded)) == 6, "no request uploaded twice"
+    assert len(calls) == 6 and all(c["batch_id"] for c in calls), "every call ran once, in a batch"
+    assert len({json.loads(r.value)["annotation_id"] for r in published}) == 6
+    for annotation in ledger.iter_facts(ev.Annotation):
+        for rated in annotation.rated:
+            for aspect in Aspect:
+                assert rated.ratings[aspect].rating == expected_rating(rated.text, aspect)
+    assert ledger.batch_request_counts("judge-md") == {"done": 6}
+    tokens_in, tokens_out = (sum(c[k] for c in calls) for k in ("prompt_tokens", "completion_tokens"))
+    spend = ledger.judge_spend()["judge-md"]
+    assert (
+        spend.batch_usd == spend.total_usd == pytest.approx((tokens_in * 1.0 + tokens_out * 2.0) / 1000 / 2)
+    )

@@ -113,6 +113,18 @@ def _fill_ledger(ledger: Ledger) -> None:
             completion_tokens=300,
             cost=JUDGE.call_cost(2000, cached, 300),
         )
+    ledger.save_judge_reply(  # the same judge through the Batch API
+        "call-bulk",
+        instruction_id="inst-0",
+        judge_id="gpt-4o-bulk",
+        purpose="pass1",
+        raw_reply="...",
+        prompt_tokens=2000,
+        cached_prompt_tokens=0,
+        completion_tokens=300,
+        cost=JUDGE.call_cost(2000, 0, 300, batch=True),
+        batch_id="batch_1",
+    )
     ledger.create_job("dpo-1", "train", {})
     final = _progress(20, status="completed")
     ledger.update_job("dpo-1", status="completed", progress=final.model_dump(mode="json"))
@@ -208,6 +220,8 @@ def test_report_holds_the_ledger_numbers_and_renders(ledger_url, tmp_path):
     assert cells["spend-gpt-4o-cached-input"] == f"{1536 * 0.00125 / 1000:.4f}"
     assert cells["spend-gpt-4o-output"] == f"{600 * 0.01 / 1000:.4f}"
     assert cells["spend-gpt-4o"] == f"{(2464 * 0.0025 + 1536 * 0.00125 + 6) / 1000:.4f}"
+    assert cells["spend-gpt-4o-batch"] == "0.0000"
+    assert cells["spend-gpt-4o-bulk"] == cells["spend-gpt-4o-bulk-batch"] == f"{(5 + 3) / 1000 / 2:.4f}"
     assert cells["train-status-dpo-1"] == "completed" and cells["train-step-dpo-1"] == "20"
     assert cells["train-loss-dpo-1"] == f"{0.69 - 20 * 0.014:.4f}"
     assert cells["eval-base-mme_perception"] == "1440.5" and cells["eval-tuned-mme_perception"] == "1539.6"

@@ -133,7 +133,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             f"judge {judge} spend (USD): {spend.total_usd:.4f} = input {spend.input_usd:.4f}"
             f" + cached input {spend.cached_input_usd:.4f} + output {spend.output_usd:.4f}"
             f" ({spend.calls} calls; {spend.cached_prompt_tokens} of {spend.prompt_tokens} prompt tokens"
-            " cached)"
+            f" cached; {spend.batch_usd:.4f} of it at the batch rate)"
         )
     for job in report.jobs:
         console.print(

@@ -177,7 +177,14 @@ judges:
     api_key_env: {{ include "vlf.apiKeyEnv" .id }}
     {{- end }}
     price_per_1k_input: {{ default 0 .pricePer1kInput }}
+    {{- if not (kindIs "invalid" .pricePer1kCachedInput) }}
+    price_per_1k_cached_input: {{ .pricePer1kCachedInput }}
+    {{- end }}
     price_per_1k_output: {{ default 0 .pricePer1kOutput }}
+    batch: {{ .batch | default false }}
+    {{- if .batchPriceRatio }}
+    batch_price_ratio: {{ .batchPriceRatio }}
+    {{- end }}
     {{- end }}
 {{- else }} []
 {{- end }}

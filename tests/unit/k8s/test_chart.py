@@ -306,6 +306,26 @@ def test_registry_configmap_carries_every_model_and_judge(rendered: dict[str, li
     assert verifiable == {"id": "verifiable", "kind": "verifiable"}
 
 
+def test_a_judges_cached_price_and_batch_mode_reach_the_registry(tmp_path: Path) -> None:
+    judge = {
+        "id": "bulk",
+        "backend": "openai",
+        "model": "gpt-4o",
+        "baseUrl": "https://api.openai.com/v1",
+        "apiKey": {"existingSecret": "vlf-judge-openai"},
+        "pricePer1kInput": 0.0025,
+        "pricePer1kCachedInput": 0.00125,
+        "pricePer1kOutput": 0.01,
+        "batch": True,
+        "batchPriceRatio": 0.4,
+    }
+    registry = Registry.model_validate(registry_of(render([write_values(tmp_path, {"judges": [judge]})])))
+    entry = registry.judge("bulk")
+    assert (entry.price_per_1k_cached_input, entry.batch, entry.batch_price_ratio) == (0.00125, True, 0.4)
+    default = Registry.model_validate(registry_of(render([]))).judge("gpt-4o")
+    assert (default.price_per_1k_cached_input, default.batch, default.batch_price_ratio) == (None, False, 0.5)
+
+
 @pytest.mark.parametrize("name", VALUES_FILES)
 def test_the_rendered_registry_is_one_every_service_accepts(
     rendered: dict[str, list[dict[str, Any]]], name: str

@@ -210,3 +210,66 @@ def test_judge_calls_kept_before_the_cost_split_keep_their_cost_after_the_upgrad
     assert spend.total_usd == pytest.approx(0.01)
     assert spend.input_usd == spend.cached_input_usd == spend.output_usd == 0
     led.close()
+
+
+def test_batch_requests_wait_assemble_send_and_finish_in_order(ledger):
+    from datetime import UTC, datetime, timedelta
+
+    insts = [_instruction(n) for n in (1, 2, 3)]
+    ledger.record(*insts, *(_response(i, m) for i in insts for m in ("a", "b")))
+    for n, inst in enumerate(insts):
+        body = {"model": "judge", "messages": [{"role": "user", "content": f"rate {n}"}]}
+        ledger.queue_batch_request(
+            f"call-{n}", judge_id="gpt", instruction_id=inst.instruction_id, purpose="pass1", body=body
+        )
+    ledger.queue_batch_request(
+        "call-0", judge_id="gpt", instruction_id="other", purpose="x", body={}
+    )  # kept as is
+    later = datetime.now(UTC) + timedelta(seconds=1)
+
+    def unrated() -> list[str]:
+        return [i for i, _ in ledger.unrated_instructions("gpt", later)]
+
+    assert unrated() == [], "instructions waiting for a batch are not the gather sweep's"
+    assert ledger.assemble_batch("gpt", "early", 5, datetime.now(UTC) - timedelta(hours=1)) == 0, (
+        "not due yet"
+    )
+    assert ledger.assemble_batch("gpt", "k1", 2, later) == 2  # oldest first, at most the limit
+    assert ledger.assemble_batch("gpt", "k2", 2, later) == 1
+    assert ledger.assemble_batch("gpt", "k3", 2, later) == 0
+    assert [call for call, _ in ledger.batch_lines("k1")] == ["call-0", "call-1"]
+    assert ledger.batch_lines("k1")[0][1]["messages"][0]["content"] == "rate 0"
+    assert ledger.batch_request("call-0").instruction_id == insts[0].instruction_id
+
+    ledger.set_batch_file("k1", "file-1")
+    ledger.set_batch_submitted("k1", "batch-1")
+    assert ledger.batch_lines("k1") == [], "bodies are dropped once the provider holds them"
+    assert [(b.id, b.file_id, b.batch_id, b.requests) for b in ledger.open_batches("gpt")] == [
+        ("k1", "file-1", "batch-1", 2),
+        ("k2", None, None, 1),
+    ]
+    cost = CallCost(input_usd=0.002, cached_input_usd=0.0, output_usd=0.001)
+    for call, inst in (("call-0", insts[0]), ("call-1", insts[1])):
+        ledger.save_judge_reply(
+            call,
+            instruction_id=inst.instruction_id,
+            judge_id="gpt",
+            purpose="pass1",
+            raw_reply="Rating: 3",
+            prompt_tokens=10,
+            cached_prompt_tokens=0,
+            completion_tokens=2,
+            cost=cost,
+            batch_id="batch-1" if call == "call-0" else None,
+        )
+    served = ledger.finish_batch("k1", {"call-1": "batch_expired: too late"})
+    assert served == sorted(i.instruction_id for i in insts[:2])
+    assert (
+        ledger.batch_request("call-1").state == "failed"
+        and "too late" in ledger.batch_request("call-1").error
+    )
+    assert ledger.batch_request_counts("gpt") == {"done": 1, "failed": 1, "batched": 1}
+    assert [b.id for b in ledger.open_batches("gpt")] == ["k2"]
+    assert unrated() == [insts[0].instruction_id, insts[1].instruction_id], "the third still waits"
+    spend = ledger.judge_spend()["gpt"]
+    assert spend.batch_usd == pytest.approx(0.003) and spend.total_usd == pytest.approx(0.006)
