@@ -110,3 +110,23 @@ def test_eval_names_a_served_model_by_its_registry_id(kafka_bootstrap, namespace
     request = ev.EvalRequest.model_validate_json(record.value)
     assert (request.model.base_model, request.model.endpoint_id) == ("Qwen/Qwen-VL-Chat", "qwen-vl-chat")
     assert refused.returncode != 0 and "--base-url" in refused.stderr
+
+
+def test_train_publishes_a_recipe_files_values_with_options_on_top(
+    kafka_bootstrap, namespace, ledger_url, tmp_path
+):
+    env = service_env(kafka_bootstrap, namespace, ledger_url)
+    (tmp_path / "train.yaml").write_text("beta: 0.3\nnum_train_epochs: 1\nlora:\n  r: 8\n")
+    (tmp_path / "bad.yaml").write_text("num_epochs: 1\n")
+
+    result = _vlf(
+        env, "train", "tiny", "--config", "train.yaml", "--max-steps", "5", "--job-id", "j1", cwd=tmp_path
+    )
+    refused = _vlf(env, "train", "tiny", "--config", "bad.yaml", "--job-id", "j2", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    [record] = consume_all(kafka_bootstrap, namespace + topics.TRAIN_REQUESTS.name, expect=1)
+    request = ev.TrainRequest.model_validate_json(record.value)
+    assert (request.job_id, request.hparams.beta, request.hparams.epochs) == ("j1", 0.3, 1.0)
+    assert (request.hparams.max_steps, request.lora.r) == (5, 8)
+    assert refused.returncode == 2 and "unknown key num_epochs" in refused.stderr

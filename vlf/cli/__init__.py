@@ -177,26 +177,42 @@ def train(
         list[str] | None, typer.Option(help="TRL DPO losses, e.g. --loss-type sigmoid --loss-type sft.")
     ] = None,
     lora: Annotated[bool, typer.Option(help="LoRA (the paper) or a full fine-tune.")] = True,
-    epochs: Annotated[float, typer.Option(help="Epochs (paper: 3).")] = 3.0,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (paper: 3).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML recipe in DPOConfig names (beta, num_train_epochs, ...), LoraConfig names under "
+            "lora:; the options above override it."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job to its end; exit 1 if it fails.")] = False,
     timeout: Annotated[
         float | None, typer.Option(help="With --wait: give up after this many seconds.")
     ] = None,
 ) -> None:
-    """Request a DPO run with the paper's hyperparameters (override the common ones here)."""
+    """Request a DPO run with the paper's hyperparameters, or a recipe file's, overridden by options."""
     import time
     import uuid
 
     from shared.contracts import events as ev
     from shared.runtime.admin import EventPublisher
+    from vlf.train_config import TrainConfigError, read_train_config
 
-    hparams = ev.TrainHyperparams(epochs=epochs, max_steps=max_steps, loss_type=loss_type or ["sigmoid"])
+    try:
+        hparams, lora_spec = read_train_config(config) if config else (ev.TrainHyperparams(), ev.LoraSpec())
+    except TrainConfigError as error:
+        fail(str(error), "keys are DPOConfig names; see `vlf train --help`")
+    overrides = {"epochs": epochs, "max_steps": max_steps, "loss_type": loss_type or None}
+    hparams = ev.TrainHyperparams(
+        **{**hparams.model_dump(), **{key: value for key, value in overrides.items() if value is not None}}
+    )
     request = ev.TrainRequest(
         job_id=job_id or f"train-{int(time.time())}-{uuid.uuid4().hex[:6]}",
         base_model=base_model,
         dataset=ev.DatasetSelector(judge_ids=judge or [], strategy=strategy, min_margin=min_margin),
         use_lora=lora,
+        lora=lora_spec,
         hparams=hparams,
     )
     with EventPublisher(CommonSettings()) as publisher:
