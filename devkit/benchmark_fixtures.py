@@ -1,4 +1,4 @@
-"""Synthetic benchmark data in the official MME and MMHal-Bench layouts.
+"""Synthetic benchmark data in the official MME, MMHal-Bench and MM-Vet layouts.
 
 The real benchmarks cannot be downloaded here, and a tiny demo model cannot learn them; these
 builders draw simple images (coloured shapes, counts, words, sums) whose questions such a model
@@ -88,6 +88,54 @@ def build_mmhal_fixture(path: Path, images_dir: Path, n: int = 16, seed: int = 0
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     return records
+
+
+def build_mmvet_fixture(root: Path, n: int = 12, seed: int = 0) -> dict[str, dict]:
+    """Write ``n`` records in the official MM-Vet layout (``mm-vet.json`` keyed ``v1_<i>``, images in
+    ``images/``), cycling through questions of one or two capabilities; returns the records."""
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = {}
+    for index in range(n):
+        image, capabilities, question, answer = _MMVET_DRAWINGS[index % len(_MMVET_DRAWINGS)](rng)
+        image_name = f"v1_{index}.png"
+        image.save(root / "images" / image_name)
+        records[f"v1_{index}"] = {
+            "imagename": image_name,
+            "capability": capabilities,
+            "question": question,
+            "answer": answer,
+        }
+    (root / "mm-vet.json").write_text(json.dumps(records, indent=4) + "\n", encoding="utf-8")
+    return records
+
+
+def _mmvet_colour(rng: random.Random) -> tuple[Image.Image, list[str], str, str]:
+    scene = _two_shape_scene(rng)
+    return scene.image, ["rec"], f"What color is the {scene.shapes[0]}?", scene.colours[0]
+
+
+def _mmvet_word(rng: random.Random) -> tuple[Image.Image, list[str], str, str]:
+    image, canvas = _blank()
+    word = rng.choice(WORDS)
+    canvas.text((30, 40), word, fill=(0, 0, 0))
+    return image, ["ocr"], "What word is written in the image?", word
+
+
+def _mmvet_sum(rng: random.Random) -> tuple[Image.Image, list[str], str, str]:
+    image, canvas = _blank()
+    first, second = rng.randint(1, 9), rng.randint(1, 9)
+    canvas.text((25, 40), f"{first} + {second} =", fill=(0, 0, 0))
+    return image, ["ocr", "math"], "What is the answer to the expression?", str(first + second)
+
+
+def _mmvet_shapes(rng: random.Random) -> tuple[Image.Image, list[str], str, str]:
+    scene = _two_shape_scene(rng)
+    question = "Which shape is on the left and which on the right?"
+    return scene.image, ["rec", "spat"], question, f"{scene.shapes[0]} <AND> {scene.shapes[1]}"
+
+
+_MMVET_DRAWINGS = (_mmvet_colour, _mmvet_word, _mmvet_sum, _mmvet_shapes)
 
 
 def _mme_paths(root: Path, subtask: str, stem: str) -> tuple[Path, Path]:

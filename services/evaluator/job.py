@@ -21,6 +21,13 @@ from services.evaluator.handler import endpoint_entry, local_path, require_local
 from services.evaluator.ledger_cache import LedgerPredictionCache
 from services.evaluator.mme import run_mme
 from services.evaluator.mmhal import load_judge_template, load_mmhal, run_mmhal
+from services.evaluator.mmvet import (
+    DEFAULT_GRADER_PROMPT,
+    GRADER_MAX_TOKENS,
+    load_grader_prompt,
+    load_mmvet,
+    run_mmvet,
+)
 from services.evaluator.settings import EvaluatorSettings
 from shared.backends.base import Backend, ChatMessage, GenerationRequest
 from shared.blobs.store import BlobStore
@@ -124,9 +131,11 @@ class Answerer:
             self._backend = None
 
 
-def text_judge(backend: Backend, max_tokens: int) -> Callable[[list[str]], list[str]]:
+def text_judge(
+    backend: Backend, max_tokens: int, temperature: float = 0.0
+) -> Callable[[list[str]], list[str]]:
     """A registry judge as ``[prompt] -> [reply]``, at temperature 0 as MMHal-Bench's GPT-4 judge."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
 
     def judge(prompts: list[str]) -> list[str]:
         requests = [
@@ -194,6 +203,46 @@ def run_mmhal_benchmark(request: ev.EvalRequest, answerer: Answerer, ctx: JobCon
     return metrics, {"judge_id": judge_entry.id, "official_responses": str(response_path)}
 
 
+def run_mmvet_benchmark(request: ev.EvalRequest, answerer: Answerer, ctx: JobContext) -> Metrics:
+    from shared.backends.build import build_backend
+
+    settings = ctx.settings
+    if settings.mmvet_judge_id is None:
+        raise EvalConfigError("mmvet needs a text-only grader: set VLF_EVALUATOR_MMVET_JUDGE_ID")
+    items = load_mmvet(settings.mmvet_root)
+    judge_entry = Registry.load(ctx.registry_path).judge(settings.mmvet_judge_id)
+    prompt = (
+        load_grader_prompt(settings.mmvet_grader_prompt)
+        if settings.mmvet_grader_prompt
+        else DEFAULT_GRADER_PROMPT
+    )
+    response_path = within(settings.job_log_dir, request.eval_id, "mmvet_results.json")
+    judge_backend = build_backend(judge_entry)
+    try:
+        scores = run_mmvet(
+            items,
+            answerer,
+            lambda prompts, temperature: text_judge(judge_backend, GRADER_MAX_TOKENS, temperature)(prompts),
+            model_key=model_key(request.model, answer_params(settings)),
+            judge_key=f"{judge_entry.id}:{judge_entry.model}",
+            cache=LedgerPredictionCache(ctx.ledger),
+            batch_size=settings.batch_size,
+            prompt=prompt,
+            runs=settings.mmvet_runs,
+            response_path=response_path,
+        )
+    finally:
+        judge_backend.close()
+    metrics = {"total": scores.total, "std": scores.std, "n": float(scores.n)} | dict(scores.per_capability)
+    details = {
+        "per_integration": scores.per_integration,
+        "run_totals": scores.run_totals,
+        "judge_id": judge_entry.id,
+        "official_results": str(response_path),
+    }
+    return metrics, details
+
+
 def run_preference_accuracy(request: ev.EvalRequest, answerer: Answerer, ctx: JobContext) -> Metrics:
     from shared.ml.implicit_reward import preference_accuracy
     from shared.ml.training_pairs import pair_records, select_pairs
@@ -238,6 +287,7 @@ def run_greedy_benchmark(request: ev.EvalRequest, answerer: Answerer, ctx: JobCo
 BENCHMARK_RUNNERS: dict[str, Callable[[ev.EvalRequest, Answerer, JobContext], Metrics]] = {
     "mme": run_mme_benchmark,
     "mmhal": run_mmhal_benchmark,
+    "mmvet": run_mmvet_benchmark,
     "preference_accuracy": run_preference_accuracy,
     "greedy_accuracy": run_greedy_benchmark,
 }

@@ -11,8 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from services.evaluator.mme import ALL_SUBTASKS
 from shared.settings import YamlOverlaySettings
 
-Benchmark = Literal["mme", "mmhal", "preference_accuracy", "greedy_accuracy"]
-KNOWN_BENCHMARKS: tuple[str, ...] = ("mme", "mmhal", "preference_accuracy", "greedy_accuracy")
+Benchmark = Literal["mme", "mmhal", "mmvet", "preference_accuracy", "greedy_accuracy"]
+KNOWN_BENCHMARKS: tuple[str, ...] = ("mme", "mmhal", "mmvet", "preference_accuracy", "greedy_accuracy")
 
 
 class EvaluatorSettings(YamlOverlaySettings):
@@ -52,6 +52,20 @@ class EvaluatorSettings(YamlOverlaySettings):
     )
     mmhal_judge_template: Path | None = Field(
         None, description="File with the judge prompt (e.g. the official one); None: our wording."
+    )
+
+    # --- MM-Vet ---
+    mmvet_root: Path = Field(
+        Path(".vlf/benchmarks/mm-vet"), description="The unzipped mm-vet folder (mm-vet.json, images/)."
+    )
+    mmvet_judge_id: str | None = Field(
+        None, description="Registry judge used as MM-Vet's grader (the paper: GPT-4)."
+    )
+    mmvet_grader_prompt: Path | None = Field(
+        None, description="File with the grader's few-shot prompt (e.g. the official one); None: ours."
+    )
+    mmvet_runs: int = Field(
+        1, ge=1, le=7, description="Grading runs averaged, with their std (the MM-Vet paper: 5)."
     )
 
     # --- greedy accuracy and held-out preference accuracy ---

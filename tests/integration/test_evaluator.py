@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from devkit.benchmark_fixtures import build_mme_fixture, build_mmhal_fixture
+from devkit.benchmark_fixtures import build_mme_fixture, build_mmhal_fixture, build_mmvet_fixture
 from devkit.openai_test_server import TestServerConfig, serve_in_thread
 from devkit.tinymodels import build_tiny_vlm
 from shared.blobs.store import BlobStore
@@ -31,15 +31,22 @@ from tests.integration.pipeline_helpers import Pipeline, png, write_registry
 MME_SUBTASKS = ["color", "count"]
 MME_IMAGES_PER_SUBTASK = 2
 MMHAL_ITEMS = 8
+MMVET_ITEMS = 8
 HELDOUT_PAIRS = 3
 GREEDY_ITEMS = 2
-BENCHMARKS = ["mme", "mmhal", "preference_accuracy", "greedy_accuracy"]
+BENCHMARKS = ["mme", "mmhal", "mmvet", "preference_accuracy", "greedy_accuracy"]
 JUDGE_RATING = 4
+GRADER_SCORE = 0.7
 
 
 @pytest.fixture
 def judge_server():
-    running = serve_in_thread(TestServerConfig(responder=lambda _request: f"Clear.\nRating: {JUDGE_RATING}"))
+    def responder(request: dict) -> str:
+        """MM-Vet's grader fills in a correctness cell; MMHal-Bench's judge gives a rating."""
+        grading = "| Correctness" in json.dumps(request["messages"])
+        return str(GRADER_SCORE) if grading else f"Clear.\nRating: {JUDGE_RATING}"
+
+    running = serve_in_thread(TestServerConfig(responder=responder))
     yield running
     running.stop()
 
@@ -81,6 +88,7 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
     model = str(build_tiny_vlm("qwen2_vl", tmp_path / "tiny-qwen2-vl"))
     build_mme_fixture(tmp_path / "mme", MME_SUBTASKS, MME_IMAGES_PER_SUBTASK, seed=0)
     build_mmhal_fixture(tmp_path / "mmhal" / "template.json", tmp_path / "mmhal" / "images", n=MMHAL_ITEMS)
+    build_mmvet_fixture(tmp_path / "mm-vet", n=MMVET_ITEMS)
     judges = [
         {"id": "mmhal-judge", "model": "test-model", "base_url": judge_server.base_url, "timeout_s": 10}
     ]
@@ -99,7 +107,7 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
     bad_request = ev.EvalRequest(
         eval_id="eval-unknown",
         model=ev.ModelRef(name="tuned", base_model=model),
-        benchmarks=["mme", "mm-vet"],
+        benchmarks=["mme", "vqav2"],
     )
     expected_results = len(BENCHMARKS) + len(BENCHMARKS) - 1  # the base model skips preference accuracy
     try:
@@ -114,6 +122,8 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
             VLF_EVALUATOR_MMHAL_PATH=str(tmp_path / "mmhal" / "template.json"),
             VLF_EVALUATOR_MMHAL_IMAGES=str(tmp_path / "mmhal" / "images"),
             VLF_EVALUATOR_MMHAL_JUDGE_ID="mmhal-judge",
+            VLF_EVALUATOR_MMVET_ROOT=str(tmp_path / "mm-vet"),
+            VLF_EVALUATOR_MMVET_JUDGE_ID="mmhal-judge",
             VLF_EVALUATOR_GREEDY_EVAL_PATH=str(greedy_file(tmp_path)),
             VLF_EVALUATOR_MAX_NEW_TOKENS="8",
             VLF_EVALUATOR_JOB_LOG_DIR=str(tmp_path / "jobs"),
@@ -129,7 +139,7 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
 
     headers = read_dlq_headers(dead[0].headers)
     assert headers["error.class"] == "UnknownBenchmarkError"
-    assert "eval request for a missing benchmark: ['mm-vet']" in headers["error.message"]
+    assert "eval request for a missing benchmark: ['vqav2']" in headers["error.message"]
 
     results = {
         (r.model.name, r.benchmark): r
@@ -146,6 +156,16 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
         mmhal = results[(name, "mmhal")].metrics
         assert mmhal["average"] == JUDGE_RATING and mmhal["hallucination_rate"] == 0.0
         assert mmhal["n"] == MMHAL_ITEMS and mmhal["attribute"] == JUDGE_RATING
+        mmvet = results[(name, "mmvet")].metrics
+        assert mmvet == {
+            "total": 70.0,
+            "std": 0.0,
+            "n": MMVET_ITEMS,
+            "rec": 70.0,
+            "ocr": 70.0,
+            "math": 70.0,
+            "spat": 70.0,
+        }
         greedy = results[(name, "greedy_accuracy")].metrics
         assert greedy["n"] == GREEDY_ITEMS and 0 <= greedy["accuracy"] <= 1
     preference = results[("tuned", "preference_accuracy")]
@@ -166,6 +186,8 @@ def test_a_checkpoint_gets_every_benchmark_for_tuned_and_base(
         "mme": 2 * mme_questions,
         "mmhal": 2 * MMHAL_ITEMS,
         "mmhal-judge": 2 * MMHAL_ITEMS,
+        "mmvet": 2 * MMVET_ITEMS,
+        "mmvet-judge": 2 * MMVET_ITEMS,
         "greedy_accuracy": 2 * GREEDY_ITEMS,
     }, "every answer and judge reply is in the ledger, so a rerun regenerates nothing"
 

@@ -228,7 +228,9 @@ def train(
 @app.command("eval")
 def evaluate(
     base_model: Annotated[str, typer.Argument(help="Hub id, local path, or the served model name.")],
-    benchmark: Annotated[list[str], typer.Option(help="mme, mmhal, preference_accuracy, greedy_accuracy.")],
+    benchmark: Annotated[
+        list[str], typer.Option(help="mme, mmhal, mmvet, preference_accuracy, greedy_accuracy.")
+    ],
     name: Annotated[str, typer.Option(help="Label in reports.")] = "model",
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder to apply.")] = None,
     endpoint: Annotated[

@@ -34,6 +34,7 @@ EVAL_COLUMNS: dict[tuple[str, str], str] = {
     ("mme", "cognition"): "mme_cognition",
     ("mmhal", "average"): "mmhal_score",
     ("mmhal", "hallucination_rate"): "mmhal_hallucination_rate",
+    ("mmvet", "total"): "mmvet_total",
     ("preference_accuracy", "accuracy"): "preference_accuracy",
     ("greedy_accuracy", "accuracy"): "greedy_accuracy",
 }

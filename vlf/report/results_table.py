@@ -24,6 +24,7 @@ COLUMNS = (
     Column("mme_cognition", "MME cognition", ".1f"),
     Column("mmhal_score", "MMHal-Bench score", ".2f"),
     Column("mmhal_hallucination_rate", "MMHal-Bench hallucination rate", ".2f"),
+    Column("mmvet_total", "MM-Vet", ".1f"),
     Column("preference_accuracy", "Held-out preference accuracy", ".3f"),
     Column("greedy_accuracy", "Greedy accuracy", ".3f"),
 )

@@ -136,10 +136,10 @@ def test_an_eval_request_is_queued_as_given(ctx, tmp_path):
 
 def test_an_eval_request_for_an_unknown_benchmark_is_refused_with_the_name(ctx):
     request = ev.EvalRequest(
-        eval_id="eval-bad", model=ev.ModelRef(name="m", base_model="org/m"), benchmarks=["mme", "mmvet"]
+        eval_id="eval-bad", model=ev.ModelRef(name="m", base_model="org/m"), benchmarks=["mme", "vqav2"]
     )
 
-    with pytest.raises(UnknownBenchmarkError, match=r"eval request for a missing benchmark: \['mmvet'\]"):
+    with pytest.raises(UnknownBenchmarkError, match=r"eval request for a missing benchmark: \['vqav2'\]"):
         handle_eval_request(request, ctx)
 
     assert ctx.ledger.job("eval-bad") is None

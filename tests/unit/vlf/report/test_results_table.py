@@ -7,18 +7,20 @@ from services.evaluator.mmhal import MmhalScores
 from vlf.report.results_table import build_results_table, metrics_from_scores, render_results_markdown
 
 # The paper's Table: Qwen-VL-Chat vs Silkie.
-PAPER_BASE = {"mme_perception": 1440.5, "mme_cognition": 362.5, "mmhal_score": 2.89}
-PAPER_TUNED = {"mme_perception": 1539.6, "mme_cognition": 397.1, "mmhal_score": 3.02}
+PAPER_BASE = {"mme_perception": 1440.5, "mme_cognition": 362.5, "mmhal_score": 2.89, "mmvet_total": 45.7}
+PAPER_TUNED = {"mme_perception": 1539.6, "mme_cognition": 397.1, "mmhal_score": 3.02, "mmvet_total": 49.9}
 
 
 def test_relative_change_reproduces_the_papers_percentages() -> None:
     table = build_results_table(PAPER_BASE, PAPER_TUNED, base_name="Qwen-VL-Chat", tuned_name="Silkie")
 
     # (1539.6 - 1440.5) / 1440.5 = 6.88% ; (397.1 - 362.5) / 362.5 = 9.54% ; (3.02 - 2.89) / 2.89 = 4.50%
+    # (49.9 - 45.7) / 45.7 = 9.19%
     assert table["relative_change"] == {
         "mme_perception": "+6.9%",
         "mme_cognition": "+9.5%",
         "mmhal_score": "+4.5%",
+        "mmvet_total": "+9.2%",
     }
     assert table["relative_change_percent"]["mme_perception"] == pytest.approx(99.1 / 1440.5 * 100)
     assert json.loads(json.dumps(table)) == table
@@ -28,11 +30,11 @@ def test_markdown_has_a_row_per_model_and_a_relative_change_row() -> None:
     table = build_results_table(PAPER_BASE, PAPER_TUNED, base_name="Qwen-VL-Chat", tuned_name="Silkie")
 
     assert render_results_markdown(table) == (
-        "| Model | MME perception | MME cognition | MMHal-Bench score |\n"
-        "| --- | ---: | ---: | ---: |\n"
-        "| Qwen-VL-Chat | 1440.5 | 362.5 | 2.89 |\n"
-        "| Silkie | 1539.6 | 397.1 | 3.02 |\n"
-        "| Relative change | +6.9% | +9.5% | +4.5% |\n"
+        "| Model | MME perception | MME cognition | MMHal-Bench score | MM-Vet |\n"
+        "| --- | ---: | ---: | ---: | ---: |\n"
+        "| Qwen-VL-Chat | 1440.5 | 362.5 | 2.89 | 45.7 |\n"
+        "| Silkie | 1539.6 | 397.1 | 3.02 | 49.9 |\n"
+        "| Relative change | +6.9% | +9.5% | +4.5% | +9.2% |\n"
     )
 
 
