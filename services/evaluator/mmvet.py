@@ -29,6 +29,8 @@ from services.evaluator.prediction_cache import PredictionCache, map_with_cache
 BENCHMARK = "mmvet"
 JUDGE_BENCHMARK = "mmvet-judge"
 RECORD_KEYS = ("imagename", "capability", "question", "answer")
+# The six core capabilities, most frequent first in the release (the official table's order).
+CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
 GRADER_MAX_TOKENS = 3
 RETRY_SUFFIX = "\nPredict the correctness of the answer (digit): "
 # Temperature of each grader call: the first with the plain prompt, the rest with RETRY_SUFFIX.

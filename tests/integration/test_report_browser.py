@@ -24,8 +24,16 @@ CHROMIUM = Path("/usr/bin/chromium")
 # model -> per instruction (helpfulness, faithfulness, ethics); 4 x the first triple, 2 x the second
 RATINGS = {"m-good": ((5, 4, 5), (4, 4, 5)), "m-bad": ((2, 1, 5), (1, 1, 5))}
 MARGINS = (3.0, 3.0, 3.0, 3.0, 2.67, 2.67)
-BASE = {"mme": {"perception": 1440.5, "cognition": 362.5, "total": 1803.0}, "mmhal": {"average": 2.89}}
-TUNED = {"mme": {"perception": 1539.6, "cognition": 397.1, "total": 1936.7}, "mmhal": {"average": 3.02}}
+BASE = {
+    "mme": {"perception": 1440.5, "cognition": 362.5, "total": 1803.0, "OCR": 110.0},
+    "mmhal": {"average": 2.89, "counting": 2.5},
+    "mmvet": {"total": 45.7, "rec": 50.1, "math": 20.0},
+}
+TUNED = {
+    "mme": {"perception": 1539.6, "cognition": 397.1, "total": 1936.7, "OCR": 125.0},
+    "mmhal": {"average": 3.02, "counting": 2.75},
+    "mmvet": {"total": 49.9, "rec": 55.3, "math": 19.5},
+}
 
 
 class CellsById(HTMLParser):
@@ -228,6 +236,15 @@ def test_report_holds_the_ledger_numbers_and_renders(ledger_url, tmp_path):
     assert cells["eval-change-mme_perception"] == "+6.9%"
     assert cells["eval-change-mme_cognition"] == "+9.5%"
     assert cells["eval-base-mmhal_score"] == "2.89" and cells["eval-tuned-mmhal_score"] == "3.02"
+    assert cells["eval-base-mmvet_total"] == "45.7" and cells["eval-change-mmvet_total"] == "+9.2%"
+    assert (cells["part-base-mme-ocr"], cells["part-tuned-mme-ocr"], cells["part-change-mme-ocr"]) == (
+        "110.00",
+        "125.00",
+        "+15.00",
+    )
+    assert cells["part-change-mmhal-counting"] == "+0.25"
+    assert cells["part-tuned-mmvet-rec"] == "55.30" and cells["part-change-mmvet-math"] == "-0.50"
+    assert "part-base-mmvet-ocr" not in cells, "a part neither model has is not shown"
     assert html.count("<polyline") == 3, "loss, reward margin and reward accuracy curves"
     assert html.count("<svg") >= 3 + 1 + 1 + 3 + 3  # ratings, bias, margins, training, 3 eval metrics
 

@@ -16,6 +16,9 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from pydantic import BaseModel, Field
 
+from services.evaluator.mme import ALL_SUBTASKS
+from services.evaluator.mmhal import QUESTION_TYPES
+from services.evaluator.mmvet import CAPABILITIES
 from services.pair_builder.agreement import JudgePairAgreement, JudgeRatings
 from shared.contracts import events as ev
 from shared.contracts.topics import TRAIN_PROGRESS
@@ -39,6 +42,12 @@ EVAL_COLUMNS: dict[tuple[str, str], str] = {
     ("greedy_accuracy", "accuracy"): "greedy_accuracy",
 }
 BASE_NAME, TUNED_NAME = "base", "tuned"
+# Benchmark -> (title, its parts in the published order): the metrics a result holds per part.
+BREAKDOWNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mme": ("MME per subtask (accuracy + accuracy+, 0-200)", ALL_SUBTASKS),
+    "mmhal": ("MMHal-Bench per question type (rating 0-6)", QUESTION_TYPES),
+    "mmvet": ("MM-Vet per capability (0-100)", CAPABILITIES),
+}
 
 
 class RatingStats(BaseModel):
@@ -83,6 +92,20 @@ class TrainCurve(BaseModel):
     points: list[TrainPoint]
 
 
+class BreakdownRow(BaseModel):
+    part: str
+    base: float | None
+    tuned: float | None
+
+
+class Breakdown(BaseModel):
+    """One benchmark's parts (MME subtasks, MMHal question types, MM-Vet capabilities), base vs tuned."""
+
+    benchmark: str
+    title: str
+    rows: list[BreakdownRow]
+
+
 class ReportData(BaseModel):
     generated_at: datetime
     demo_note: bool
@@ -99,6 +122,7 @@ class ReportData(BaseModel):
     train_curves: list[TrainCurve]
     progress_from_kafka: bool
     results_table: dict | None = Field(None, description="build_results_table(base, tuned), if any results.")
+    breakdowns: list[Breakdown] = Field(default_factory=list, description="Per-part scores, base vs tuned.")
 
 
 def rating_stats(annotations: Iterable[ev.Annotation]) -> list[RatingStats]:
@@ -203,6 +227,26 @@ def eval_metrics(results: Iterable[ev.EvalResult]) -> dict[str, dict[str, float]
     return dict(table)
 
 
+def breakdowns(results: Iterable[ev.EvalResult]) -> list[Breakdown]:
+    """Per benchmark that "base" or "tuned" completed, its parts in published order; a later completed
+    result replaces an earlier one, and a part neither model has is left out."""
+    latest: dict[tuple[str, str], dict[str, float]] = {}
+    for result in results:
+        if result.status == "completed" and result.model.name in (BASE_NAME, TUNED_NAME):
+            latest[(result.benchmark, result.model.name)] = result.metrics
+    found = []
+    for benchmark, (title, parts) in BREAKDOWNS.items():
+        base, tuned = latest.get((benchmark, BASE_NAME), {}), latest.get((benchmark, TUNED_NAME), {})
+        rows = [
+            BreakdownRow(part=part, base=base.get(part), tuned=tuned.get(part))
+            for part in parts
+            if part in base or part in tuned
+        ]
+        if rows:
+            found.append(Breakdown(benchmark=benchmark, title=title, rows=rows))
+    return found
+
+
 def judge_agreement(annotations: Iterable[ev.Annotation]) -> list[JudgePairAgreement]:
     ratings = JudgeRatings()
     for annotation in annotations:
@@ -266,4 +310,5 @@ def gather_report(
         train_curves=train_curves(ledger.jobs(kind="train"), progress or []),
         progress_from_kafka=progress is not None,
         results_table=results_table(eval_metrics(ledger.iter_facts(ev.EvalResult))),
+        breakdowns=breakdowns(ledger.iter_facts(ev.EvalResult)),
     )

@@ -7,7 +7,14 @@ import pytest
 from shared.contracts import events as ev
 from shared.ledger.tables import JobRow
 from tests import factories
-from vlf.report.data import eval_metrics, margin_histogram, rating_stats, results_table, train_curves
+from vlf.report.data import (
+    breakdowns,
+    eval_metrics,
+    margin_histogram,
+    rating_stats,
+    results_table,
+    train_curves,
+)
 
 
 def test_rating_histogram_counts_rounded_swap_means_and_keeps_exact_mean():
@@ -66,3 +73,21 @@ def test_eval_metrics_map_benchmarks_to_table_columns_and_ignore_failures():
     }
     assert results_table(metrics)["relative_change"]["mme_perception"] == "+10.0%"
     assert results_table({}) is None
+
+
+def test_breakdowns_list_each_benchmarks_parts_in_published_order_base_and_tuned():
+    results = [
+        _result("base", "mme", {"perception": 90.0, "count": 40.0, "existence": 50.0}),
+        _result("tuned", "mme", {"perception": 99.0, "existence": 60.0, "OCR": 70.0}),
+        _result("tuned", "mmhal", {"average": 3.0, "counting": 2.5, "attribute": 4.0}),
+        _result("base", "mmvet", {"total": 40.0, "ocr": 30.0}, status="failed"),
+        _result("other", "mmvet", {"total": 40.0, "ocr": 30.0}),
+    ]
+
+    found = {b.benchmark: [(r.part, r.base, r.tuned) for r in b.rows] for b in breakdowns(results)}
+
+    assert found == {
+        "mme": [("existence", 50.0, 60.0), ("count", 40.0, None), ("OCR", None, 70.0)],
+        "mmhal": [("attribute", None, 4.0), ("counting", None, 2.5)],
+    }
+    assert breakdowns([]) == []
