@@ -61,7 +61,7 @@ done
 
 # The hash of everything a service image is built from: an image whose label carries it is current.
 inputs_hash() {
-  { echo "$1"; cat docker/Dockerfile.cpu pyproject.toml README.md; git ls-files -z shared services vlf devkit | xargs -0 cat; } \
+  { echo "$1"; cat docker/Dockerfile.cpu pyproject.toml README.md LICENSE; git ls-files -z shared services vlf devkit | xargs -0 cat; } \
     | sha256sum | cut -c1-16
 }
 

@@ -1,7 +1,8 @@
 """MMHal-Bench: ask the model, have a text-only judge rate each answer 0-6, score as the official script.
 
 The judge prompt is our own wording of the rubric; a user who needs numbers comparable with
-published ones supplies the official prompt as a template file with named placeholders. Rating
+published ones supplies the official prompt as a template file, as published (positional ``{}``)
+or with our named placeholders. Rating
 parsing and the averages follow the official ``eval_gpt4.py`` exactly, quirks included.
 """
 
@@ -33,7 +34,9 @@ RATINGS = range(7)
 HALLUCINATION_BELOW = 3
 BENCHMARK = "mmhal"
 JUDGE_BENCHMARK = "mmhal-judge"
-TEMPLATE_PLACEHOLDERS = frozenset({"image_contents", "question", "gt_answer", "model_answer"})
+# The official eval_gpt4.py fills its template positionally, in this order.
+POSITIONAL_ORDER = ("image_contents", "question", "gt_answer", "model_answer")
+TEMPLATE_PLACEHOLDERS = frozenset(POSITIONAL_ORDER)
 RECORD_KEYS = (
     "question_type",
     "question_topic",
@@ -113,33 +116,42 @@ def load_mmhal(path: Path, images_dir: Path) -> list[MmhalItem]:
 
 
 def load_judge_template(path: Path) -> str:
-    """A user's judge prompt (e.g. the official one), checked for exactly our four placeholders."""
+    """A user's judge prompt (e.g. the official one), checked for its four placeholders."""
     template = path.read_text(encoding="utf-8")
     check_judge_template(template)
     return template
 
 
 def check_judge_template(template: str) -> None:
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as error:
-        raise JudgeTemplateError(f"judge template is not a valid format string: {error}") from error
-    if fields != TEMPLATE_PLACEHOLDERS:
-        raise JudgeTemplateError(
-            f"judge template placeholders {sorted(fields)} must be exactly {sorted(TEMPLATE_PLACEHOLDERS)}"
-            " (write literal braces as {{ and }})"
-        )
+    """Exactly our four named placeholders, or four positional ones as in the official
+    ``eval_gpt4.py`` (``{}`` or ``{0}``..``{3}``), filled in its order: image contents, question,
+    reference answer, model answer."""
+    _placeholder_style(template)
 
 
 def build_mmhal_judge_prompt(item: MmhalItem, model_answer: str, template: str | None = None) -> str:
     """The judge's prompt: image contents comma-joined, as the official script does."""
     chosen = DEFAULT_JUDGE_TEMPLATE if template is None else template
-    check_judge_template(chosen)
-    return chosen.format(
-        image_contents=", ".join(item.image_content),
-        question=item.question,
-        gt_answer=item.gt_answer,
-        model_answer=model_answer,
+    values = (", ".join(item.image_content), item.question, item.gt_answer, model_answer)
+    if _placeholder_style(chosen) == "positional":
+        return chosen.format(*values)
+    return chosen.format(**dict(zip(POSITIONAL_ORDER, values, strict=True)))
+
+
+def _placeholder_style(template: str) -> str:
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise JudgeTemplateError(f"judge template is not a valid format string: {error}") from error
+    if set(fields) == TEMPLATE_PLACEHOLDERS:
+        return "named"
+    if fields == [""] * len(POSITIONAL_ORDER) or set(fields) == {
+        str(i) for i in range(len(POSITIONAL_ORDER))
+    }:
+        return "positional"
+    raise JudgeTemplateError(
+        f"judge template placeholders {fields} must be exactly {sorted(TEMPLATE_PLACEHOLDERS)}, or four "
+        "positional {} as in the official eval_gpt4.py (write literal braces as {{ and }})"
     )
 
 

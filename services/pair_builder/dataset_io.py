@@ -436,10 +436,16 @@ def export_preference_dataset(
             yield {**row, "margin": pair.margin}
 
     with tempfile.TemporaryDirectory() as cache:
-        dataset = datasets.Dataset.from_generator(
-            rows, features=PREFERENCE_FEATURES, cache_dir=cache, fingerprint=uuid.uuid4().hex
-        )
-        dataset.save_to_disk(str(out_dir / "dataset"))
+        if next(rows(), None) is None:  # datasets refuses a generator that yields nothing
+            dataset = datasets.Dataset.from_dict(
+                {name: [] for name in PREFERENCE_FEATURES}, PREFERENCE_FEATURES
+            )
+        else:
+            dataset = datasets.Dataset.from_generator(
+                rows, features=PREFERENCE_FEATURES, cache_dir=cache, fingerprint=uuid.uuid4().hex
+            )
+        # one shard at least: datasets writes an empty dataset as zero shards, which load_from_disk refuses
+        dataset.save_to_disk(str(out_dir / "dataset"), num_shards=1 if len(dataset) == 0 else None)
         dataset.to_parquet(str(out_dir / f"{split}.parquet"))
         records = len(dataset)
     return ExportReport(records=records, paths=[str(out_dir / "dataset"), str(out_dir / f"{split}.parquet")])

@@ -106,11 +106,18 @@ def run_job(job_id: str, common: CommonSettings, settings: TrainerSettings) -> N
             return
         ledger.record(checkpoint)
         publisher.publish([checkpoint])
-        final = ev.TrainProgress(
-            job_id=job_id, status="completed", step=int(checkpoint.metrics.get("steps", 0))
-        )
+        row = ledger.job(job_id)
+        final = final_progress(job_id, row.progress if row else None, int(checkpoint.metrics.get("steps", 0)))
         ledger.update_job(job_id, status="completed", progress=final.model_dump(mode="json"))
         publisher.publish([final])
+
+
+def final_progress(job_id: str, last: dict | None, steps: int) -> ev.TrainProgress:
+    """The completed job's progress keeps its last figures (total steps, loss, reward margin), so the
+    report and ``vlf train --wait`` show how the run ended rather than zeros."""
+    kept = ("total_steps", "epoch", "loss", "reward_margin", "reward_accuracy", "pairs_per_s")
+    figures = {name: value for name, value in (last or {}).items() if name in kept}
+    return ev.TrainProgress(job_id=job_id, status="completed", step=steps, eta_s=0.0, **figures)
 
 
 def train(

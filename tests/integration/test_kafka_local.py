@@ -1,5 +1,8 @@
 """The local broker manager against a real broker: start, serve a consumer group, restart, keep offsets."""
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +132,24 @@ def test_a_broker_that_dies_at_start_up_reports_its_log(broker_config: BrokerCon
 
     assert "node" in str(raised.value).lower(), "the error must show the broker's own complaint"
     assert not broker_running(broker_config)
+
+
+def test_vlf_kafka_status_says_whether_the_broker_serves(broker_config: BrokerConfig) -> None:
+    env = os.environ | {
+        "VLF_KAFKA_PORT": str(broker_config.port),
+        "VLF_KAFKA_DATA_DIR": str(broker_config.data_dir),
+    }
+
+    def status() -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "vlf.cli", "kafka", "status"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    before = status()
+    start_broker(broker_config)
+    running = status()
+    stop_broker(broker_config)
+    after = status()
+
+    assert before.returncode == 1 and "vlf kafka up" in before.stderr
+    assert running.returncode == 0 and f"ready on 127.0.0.1:{broker_config.port}" in running.stdout
+    assert after.returncode == 1

@@ -156,6 +156,9 @@ def test_requests_become_checkpoints_that_reload_and_generate(
         assert statuses[0] == "queued" and statuses[-1] == "completed" and "running" in statuses
         running = [p for p in progress if p["job_id"] == job_id and p["status"] == "running"]
         assert all(p["loss"] is not None and p["pairs_per_s"] > 0 for p in running)
+        final = [p for p in progress if p["job_id"] == job_id][-1]
+        assert (final["step"], final["total_steps"]) == (2, 2) and final["loss"] == running[-1]["loss"]
+        assert ledger.job(job_id).progress["total_steps"] == 2, "the report's training table reads this"
     assert any(
         p["job_id"] == "bad-hub" and p["status"] == "failed" and "unknown model" in p["error"]
         for p in progress

@@ -37,6 +37,24 @@ app.command("import")(import_command)
 app.command("stats")(stats_command)
 
 
+def _print_version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        console.print(f"vlf {version('vlfeedback')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """VLFeedback pipeline: sample, judge, pair, train and evaluate LVLMs over Kafka."""
+
+
 @kafka_app.command("up")
 def kafka_up() -> None:
     """Fetch (once), format (once) and start the local broker; wait until it accepts clients."""
@@ -46,6 +64,22 @@ def kafka_up() -> None:
     except kafka_local.BrokerError as exc:
         fail(str(exc), "is Java 17 on PATH and the port free? `vlf kafka down` stops an old broker")
     console.print(f"kafka broker ready on {bootstrap} (data in {cfg.data_dir})")
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Whether the local broker runs and accepts clients (exit 0), or not (exit 1)."""
+    cfg = kafka_local.BrokerConfig()
+    if not kafka_local.broker_running(cfg):
+        err.print(f"no local broker runs with data in {cfg.data_dir}; start one with `vlf kafka up`")
+        raise typer.Exit(1)
+    pid = cfg.pid_file.read_text().strip()
+    if not kafka_local.accepts_clients(cfg.bootstrap):
+        err.print(
+            f"kafka broker pid {pid} runs on {cfg.bootstrap} but accepts no clients yet; see {cfg.broker_log}"
+        )
+        raise typer.Exit(1)
+    console.print(f"kafka broker ready on {cfg.bootstrap} (pid {pid}, data in {cfg.data_dir})")
 
 
 @kafka_app.command("down")
@@ -244,7 +278,10 @@ def evaluate(
         float | None, typer.Option(help="With --wait: give up after this many seconds.")
     ] = None,
 ) -> None:
-    """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1."""
+    """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1.
+
+    The evaluator service runs it: start one (`vlf up`, or the chart's evaluator) or the request
+    waits on its topic."""
     import time
     import uuid
 

@@ -33,7 +33,7 @@ def import_command(
     ],
     images: Annotated[Path, typer.Option(help="Folder that img_path values are relative to.")],
     judge_id: Annotated[
-        str, typer.Option(help="Judge id the imported ratings are recorded under.")
+        str, typer.Option("--judge", help="Judge id the imported ratings are recorded under.")
     ] = "vlfeedback-gpt4v",
 ) -> None:
     """Import instructions, answers and ratings into the ledger, and the pairs the pair builder's rule
@@ -61,7 +61,7 @@ def import_command(
 def export_vlfeedback_command(
     out: Annotated[Path, typer.Argument(help="OUT.jsonl or OUT.parquet")],
     images: Annotated[Path, typer.Option(help="Folder to write the images into.")],
-    judge_id: Annotated[str, typer.Option(help="Whose ratings to export.")] = "vlfeedback-gpt4v",
+    judge_id: Annotated[str, typer.Option("--judge", help="Whose ratings to export.")] = "vlfeedback-gpt4v",
 ) -> None:
     """One record per instruction: id, prompt, models, img_path, completions with their annotations."""
     from services.pair_builder.dataset_io import export_vlfeedback
@@ -76,7 +76,7 @@ def export_trl_command(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the datasets copy and the Parquet file.")],
     strategy: Annotated[str, typer.Option(help="Pair strategy.")] = "vlfeedback",
     split: Annotated[str, typer.Option(help="train or heldout.")] = "train",
-    judge_id: Annotated[list[str] | None, typer.Option(help="Only pairs of these judges.")] = None,
+    judge_id: Annotated[list[str] | None, typer.Option("--judge", help="Only pairs of these judges.")] = None,
     push_to: Annotated[
         str | None, typer.Option(help="Hugging Face dataset repo; token from HF_TOKEN.")
     ] = None,
@@ -88,7 +88,13 @@ def export_trl_command(
     report = export_preference_dataset(
         ledger, blobs, out_dir, strategy=strategy, split=split, judge_ids=judge_id
     )
-    console.print(f"exported {report.records} pairs to {', '.join(report.paths)}")
+    if report.records == 0:
+        console.print(
+            f"no pairs of strategy {strategy!r} in split {split!r}; wrote an empty split to "
+            f"{', '.join(report.paths)} (the held-out split is VLF_PAIRS_HELDOUT_FRACTION of instructions)"
+        )
+    else:
+        console.print(f"exported {report.records} pairs to {', '.join(report.paths)}")
     if push_to:
         token = os.environ.get("HF_TOKEN")
         if not token:
@@ -99,7 +105,7 @@ def export_trl_command(
 def stats_command(
     strategy: Annotated[str, typer.Option(help="Pair strategy the pair counts use.")] = "vlfeedback",
     min_margin: Annotated[float, typer.Option(help="For strategy min_margin.")] = 0.0,
-    judge_id: Annotated[list[str] | None, typer.Option(help="Only these judges' ratings.")] = None,
+    judge_id: Annotated[list[str] | None, typer.Option("--judge", help="Only these judges' ratings.")] = None,
     quorum: Annotated[
         int | None, typer.Option(help="For strategy agreement: judges that must order a pair alike.")
     ] = None,
@@ -119,7 +125,7 @@ def stats_command(
     except ValidationError as exc:
         fail(
             "; ".join(e["msg"] for e in exc.errors()),
-            "strategy agreement takes --judge-id twice or more, and --quorum at most that many",
+            "strategy agreement takes --judge twice or more, and --quorum at most that many",
         )
     ledger, _ = _open()
     stats = collect_stats(ledger, rule)

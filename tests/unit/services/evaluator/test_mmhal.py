@@ -124,12 +124,35 @@ def test_user_template_file_is_filled_by_name(mmhal_paths: tuple[Path, Path], tm
     )
 
 
+@pytest.mark.parametrize("placeholders", [("{}", "{}", "{}", "{}"), ("{0}", "{1}", "{2}", "{3}")])
+def test_the_official_positional_template_is_filled_in_its_published_order(
+    mmhal_paths: tuple[Path, Path], tmp_path: Path, placeholders: tuple[str, ...]
+) -> None:
+    """eval_gpt4.py calls template.format(image_content, question, gt_answer, model_answer)."""
+    item = load_mmhal(*mmhal_paths)[0]
+    template_path = tmp_path / "official.txt"
+    template_path.write_text(
+        "### Image Contents\n{}\n### Question\n{}\n### Standard Answer\n{}\n### Response\n{}\n".replace(
+            "{}", "%s"
+        )
+        % placeholders
+    )
+
+    prompt = build_mmhal_judge_prompt(item, "blue", load_judge_template(template_path))
+
+    assert prompt == (
+        f"### Image Contents\n{', '.join(item.image_content)}\n### Question\n{item.question}\n"
+        f"### Standard Answer\n{item.gt_answer}\n### Response\nblue\n"
+    )
+
+
 @pytest.mark.parametrize(
     "template",
     [
         "{image_contents} {question} {gt_answer}",  # model answer missing
         "{image_contents} {question} {gt_answer} {model_answer} {image}",  # unknown name
-        "{} {} {} {}",  # the official file's positional placeholders must be renamed
+        "{} {} {}",  # one positional placeholder short
+        "{} {question} {} {}",  # positional and named mixed
         "{image_contents} {question} {gt_answer} {model_answer} {",  # stray brace
     ],
 )

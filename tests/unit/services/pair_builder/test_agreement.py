@@ -98,7 +98,7 @@ def test_vlf_stats_counts_the_pairs_the_agreement_quorum_drops(tmp_path) -> None
     )
     ledger.close()
     env = {"VLF_LEDGER_URL": ledger_url, "VLF_BLOB_URL": str(tmp_path / "blobs")}
-    judges = ["--judge-id", "judge", "--judge-id", "other"]
+    judges = ["--judge", "judge", "--judge", "other"]
 
     agreed = CliRunner().invoke(app, ["stats", "--strategy", "agreement", *judges, "--json"], env=env)
     averaged = CliRunner().invoke(app, ["stats", *judges, "--json"], env=env)

@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from services.pair_builder.dataset_io import (
+    PREFERENCE_FEATURES,
     VLFEEDBACK_JUDGE,
     VLFEEDBACK_SCHEMA,
     export_preference_dataset,
@@ -303,3 +304,19 @@ def test_trl_vision_collator_accepts_the_exported_rows(pair_dataset):
     assert ((batch["input_ids"] == image_pad).sum(dim=1) > 0).all()
     assert batch["pixel_values"].shape[0] > 0
     assert (batch["completion_mask"].sum(dim=1) > 0).all()
+
+
+def test_exporting_an_empty_split_writes_it_empty_and_says_so(image_root, tmp_path):
+    """A small import holds no held-out instruction (0.5% of a few): the export writes an empty
+    split with the same columns instead of a traceback."""
+    write_jsonl(tmp_path / "v.jsonl", RECORDS)
+    env = {"VLF_LEDGER_URL": f"sqlite:///{tmp_path / 'cli.db'}", "VLF_BLOB_URL": str(tmp_path / "cli-blobs")}
+    CliRunner().invoke(app, ["import", str(tmp_path / "v.jsonl"), "--images", str(image_root)], env=env)
+
+    result = CliRunner().invoke(app, ["export", "trl", str(tmp_path / "out"), "--split", "heldout"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "no pairs of strategy 'vlfeedback' in split 'heldout'" in " ".join(result.output.split())
+    empty = datasets.load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert len(empty) == 0 and empty.features == PREFERENCE_FEATURES
+    assert pq.read_table(tmp_path / "out" / "heldout.parquet").num_rows == 0
