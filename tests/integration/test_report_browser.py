@@ -35,6 +35,12 @@ TUNED = {
     "mmvet": {"total": 49.9, "rec": 55.3, "math": 19.5},
 }
 
+# base answered none of its 6 MME questions with yes or no (planted; its scores are not recomputed)
+MME_DETAILS = {
+    "base": {"per_subtask": {"OCR": {"images": 3, "other_answers": 6}}},
+    "tuned": {"per_subtask": {"OCR": {"images": 3, "other_answers": 1}}},
+}
+
 
 class CellsById(HTMLParser):
     """Text of every element that has an id (the report puts ids on the cells that hold numbers)."""
@@ -96,6 +102,7 @@ def _fill_ledger(ledger: Ledger) -> None:
                     benchmark=benchmark,
                     status="completed",
                     metrics=metrics,
+                    details=MME_DETAILS[name] if benchmark == "mme" else {},
                 )
             )
     facts.append(  # a failed run must not show up in the table
@@ -245,6 +252,8 @@ def test_report_holds_the_ledger_numbers_and_renders(ledger_url, tmp_path):
     assert cells["part-change-mmhal-counting"] == "+0.25"
     assert cells["part-tuned-mmvet-rec"] == "55.30" and cells["part-change-mmvet-math"] == "-0.50"
     assert "part-base-mmvet-ocr" not in cells, "a part neither model has is not shown"
+    assert "answered none of its 6 MME questions with yes or no" in cells["mme-without-yes-no-base"]
+    assert "mme-without-yes-no-tuned" not in cells
     assert html.count("<polyline") == 3, "loss, reward margin and reward accuracy curves"
     assert html.count("<svg") >= 3 + 1 + 1 + 3 + 3  # ratings, bias, margins, training, 3 eval metrics
 

@@ -16,7 +16,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from pydantic import BaseModel, Field
 
-from services.evaluator.mme import ALL_SUBTASKS
+from services.evaluator.mme import ALL_SUBTASKS, QUESTIONS_PER_IMAGE
 from services.evaluator.mmhal import QUESTION_TYPES
 from services.evaluator.mmvet import CAPABILITIES
 from services.pair_builder.agreement import JudgePairAgreement, JudgeRatings
@@ -123,6 +123,10 @@ class ReportData(BaseModel):
     progress_from_kafka: bool
     results_table: dict | None = Field(None, description="build_results_table(base, tuned), if any results.")
     breakdowns: list[Breakdown] = Field(default_factory=list, description="Per-part scores, base vs tuned.")
+    mme_without_yes_no: dict[str, int] = Field(
+        default_factory=dict,
+        description="Base or tuned model -> MME questions, when it answered none of them yes or no.",
+    )
 
 
 def rating_stats(annotations: Iterable[ev.Annotation]) -> list[RatingStats]:
@@ -247,6 +251,22 @@ def breakdowns(results: Iterable[ev.EvalResult]) -> list[Breakdown]:
     return found
 
 
+def mme_without_yes_no(results: Iterable[ev.EvalResult]) -> dict[str, int]:
+    """Base or tuned models whose latest MME run got no yes/no answer at all (every score 0, for a
+    reason the charts cannot show: usually a prompt or chat-template problem, not a weak model)."""
+    latest: dict[str, ev.EvalResult] = {}
+    for result in results:
+        if result.status == "completed" and result.benchmark == "mme":
+            latest[result.model.name] = result
+    found = {}
+    for name in (BASE_NAME, TUNED_NAME):
+        subtasks = latest[name].details.get("per_subtask", {}) if name in latest else {}
+        questions = sum(QUESTIONS_PER_IMAGE * subtask["images"] for subtask in subtasks.values())
+        if questions and sum(subtask["other_answers"] for subtask in subtasks.values()) == questions:
+            found[name] = questions
+    return found
+
+
 def judge_agreement(annotations: Iterable[ev.Annotation]) -> list[JudgePairAgreement]:
     ratings = JudgeRatings()
     for annotation in annotations:
@@ -311,4 +331,5 @@ def gather_report(
         progress_from_kafka=progress is not None,
         results_table=results_table(eval_metrics(ledger.iter_facts(ev.EvalResult))),
         breakdowns=breakdowns(ledger.iter_facts(ev.EvalResult)),
+        mme_without_yes_no=mme_without_yes_no(ledger.iter_facts(ev.EvalResult)),
     )

@@ -11,6 +11,7 @@ from vlf.report.data import (
     breakdowns,
     eval_metrics,
     margin_histogram,
+    mme_without_yes_no,
     rating_stats,
     results_table,
     train_curves,
@@ -91,3 +92,17 @@ def test_breakdowns_list_each_benchmarks_parts_in_published_order_base_and_tuned
         "mmhal": [("attribute", None, 4.0), ("counting", None, 2.5)],
     }
     assert breakdowns([]) == []
+
+
+def test_a_model_that_never_answers_yes_or_no_on_mme_is_named():
+    def mme(name: str, other: int) -> ev.EvalResult:
+        per_subtask = {
+            "color": {"images": 2, "other_answers": other},
+            "count": {"images": 1, "other_answers": 2},
+        }
+        return _result(name, "mme", {"perception": 0.0}).model_copy(
+            update={"details": {"per_subtask": per_subtask}}
+        )
+
+    assert mme_without_yes_no([mme("base", 4), mme("tuned", 3)]) == {"base": 6}
+    assert mme_without_yes_no([mme("base", 4), mme("base", 1)]) == {}, "the latest run counts"
