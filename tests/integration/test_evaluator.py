@@ -8,6 +8,7 @@ server, and eval jobs run as real processes under the service's job supervisor.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,46 @@ def test_a_served_model_is_scored_through_its_registry_endpoint_with_the_registr
     assert results["greedy_accuracy"].metrics == {"accuracy": 0.5, "n": float(GREEDY_ITEMS)}
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "failed" in failed.stderr and "mmhal" in failed.stderr
+
+
+def test_vlf_eval_local_runs_in_process_without_broker_or_service(ledger_url, tmp_path, monkeypatch):
+    """`vlf eval --local`: no broker (the bootstrap address is closed) and no evaluator service;
+    the always-"Yes" endpoint scores 50 per MME subtask, the result is in the ledger as the service
+    would record it, and a request for an unknown benchmark exits 2 with the reason."""
+    build_mme_fixture(tmp_path / "mme", MME_SUBTASKS, MME_IMAGES_PER_SUBTASK, seed=0)
+    with serve_in_thread(TestServerConfig(responder=lambda _request: "Yes")) as server:
+        registry = write_registry(tmp_path / "registry.yaml", server.base_url, ["served"], 1)
+        env = {
+            **os.environ,
+            "VLF_KAFKA_BOOTSTRAP": "127.0.0.1:9",
+            "VLF_LEDGER_URL": ledger_url,
+            "VLF_BLOB_URL": str(tmp_path / "blobs"),
+            "VLF_REGISTRY_PATH": str(registry),
+            "VLF_EVALUATOR_MME_ROOT": str(tmp_path / "mme"),
+            "VLF_EVALUATOR_MME_SUBTASKS": json.dumps(MME_SUBTASKS),
+            "VLF_EVALUATOR_JOB_LOG_DIR": str(tmp_path / "jobs"),
+            "COLUMNS": "200",
+        }
+
+        def vlf_eval(*args: str) -> subprocess.CompletedProcess:
+            command = [
+                sys.executable,
+                "-m",
+                "vlf.cli",
+                "eval",
+                "test-model",
+                "--endpoint",
+                "served",
+                "--local",
+            ]
+            return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=150)
+
+        done = vlf_eval("--benchmark", "mme")
+        refused = vlf_eval("--benchmark", "vqav2")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed" in done.stdout and f"total {50 * len(MME_SUBTASKS):g}" in done.stdout
+    [result] = Ledger(ledger_url).iter_facts(ev.EvalResult)
+    assert result.status == "completed" and result.model.endpoint_id == "served"
+    assert {s: result.metrics[s] for s in MME_SUBTASKS} == {s: 50.0 for s in MME_SUBTASKS}
+    assert refused.returncode == 2 and "vqav2" in refused.stderr

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -23,6 +23,9 @@ from vlf.cli.dlq_cmd import app as dlq_app
 from vlf.cli.output import console, err, fail
 from vlf.cli.report_cmd import app as report_app
 from vlf.follow import JobView, JobWaitTimeout, evaluation_view, training_view, wait_for_job
+
+if TYPE_CHECKING:
+    from shared.contracts import events as ev
 
 app = typer.Typer(
     help="VLFeedback pipeline: sample, judge, pair, train and evaluate LVLMs over Kafka.",
@@ -277,11 +280,17 @@ def evaluate(
     timeout: Annotated[
         float | None, typer.Option(help="With --wait: give up after this many seconds.")
     ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            help="Run it here and now, without broker or evaluator service; exit 1 if a benchmark fails."
+        ),
+    ] = False,
 ) -> None:
     """Request an evaluation of any model; results land in the ledger and on vlf.eval.results.v1.
 
     The evaluator service runs it: start one (`vlf up`, or the chart's evaluator) or the request
-    waits on its topic."""
+    waits on its topic; with --local this process runs it."""
     import time
     import uuid
 
@@ -293,6 +302,9 @@ def evaluate(
         model=ev.ModelRef(name=name, base_model=base_model, adapter_uri=adapter, endpoint_id=endpoint),
         benchmarks=benchmark,
     )
+    if local:
+        _evaluate_here(request)
+        return
     with EventPublisher(CommonSettings()) as publisher:
         publisher.publish([request])
     if not wait:
@@ -335,6 +347,24 @@ def follow_job(
         err.print(f"[bold red]job {escape(job_id)} failed:[/] {escape(row.error or 'no reason recorded')}")
         raise typer.Exit(1)
     console.print(f"job {job_id} completed")
+
+
+def _evaluate_here(request: ev.EvalRequest) -> None:
+    from services.evaluator.settings import EvaluatorSettings
+    from shared.errors import PermanentError
+    from vlf.eval_local import evaluate_locally
+
+    try:
+        results = evaluate_locally(request, CommonSettings(), EvaluatorSettings())
+    except PermanentError as error:
+        fail(str(error), "check the benchmark names, --adapter and --endpoint (a registry model id)")
+    table = Table("benchmark", "status", "metrics", title=f"evaluation {request.eval_id}")
+    for result in results:
+        figures = ", ".join(f"{key} {value:g}" for key, value in result.metrics.items())
+        table.add_row(result.benchmark, result.status, escape(figures or result.error or ""))
+    console.print(table)
+    if any(result.status == "failed" for result in results):
+        raise typer.Exit(1)
 
 
 @app.command()
