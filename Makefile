@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev,kube,postgres]'
+	$(PY) -m pip install --quiet -e '.[train,data,dev,kube,postgres]'
 	touch $@
 
 tools:

@@ -101,5 +101,5 @@ build_service_image() {
 df -h "$(podman info --format '{{.Store.GraphRoot}}')" | sed 's/^/build-images: /'
 stage "base image" build_base
 stage "pause image" bash docker/pause/build-pause.sh
-stage "localhost/vlf:cpu" build_service_image localhost/vlf:cpu postgres,kube 3
+stage "localhost/vlf:cpu" build_service_image localhost/vlf:cpu data,postgres,kube 3
 stage "localhost/vlf:cpu-train" build_service_image localhost/vlf:cpu-train train,postgres,kube 20

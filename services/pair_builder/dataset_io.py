@@ -44,7 +44,7 @@ from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
-from shared.blobs.images import ImagePolicy, load_valid_image
+from shared.blobs.images import ImagePolicy, load_valid_image, validate_image
 from shared.blobs.store import BlobStore, blob_uri, parse_blob_uri
 from shared.contracts import events as ev
 from shared.contracts.events import SamplingParams
@@ -263,9 +263,19 @@ def _import_one(
     report: ImportReport,
 ) -> list[ev.Event]:
     record_id = str(record.get("id", f"#{report.records_read}"))
+    record, embedded = _without_embedded_image(record)
     img_path = record.get("img_path") or ""
     image_uris = []
-    if img_path:
+    if embedded is not None:
+        try:
+            data = embedded
+            validate_image(data, policy)  # the checks `vlf submit` makes
+        except InvalidImage as error:
+            report.refused_images += 1
+            report.note(f"{record_id}: image refused: {error}")
+            return []
+        image_uris.append(blob_uri(data, suffix=_image_suffix(img_path)))
+    elif img_path:
         try:
             data, _ = load_valid_image(str(image_root / img_path), policy)  # the checks `vlf submit` makes
         except ImageSourceUnavailable:
@@ -286,6 +296,18 @@ def _import_one(
     if image_uris:
         blobs.put(data, suffix=_image_suffix(img_path))
     return facts
+
+
+def _without_embedded_image(record: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """A Parquet row may carry its image as a ``datasets`` Image value (``{"bytes", "path"}``), in
+    ``image`` or in ``img_path`` itself: the bytes, and the record with ``img_path`` as a name."""
+    for key in ("image", IMG_PATH_KEY):
+        value = record.get(key)
+        if isinstance(value, dict) and value.get("bytes"):
+            name = record.get(IMG_PATH_KEY) if key == "image" else value.get("path")
+            rest = {k: v for k, v in record.items() if k != "image"}
+            return {**rest, IMG_PATH_KEY: name if isinstance(name, str) else ""}, bytes(value["bytes"])
+    return record, None
 
 
 def _image_suffix(img_path: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -27,24 +28,60 @@ def _open() -> tuple[Ledger, BlobStore]:
     return ledger, BlobStore(settings.blob_url)
 
 
+def _dataset_io() -> ModuleType:
+    """The import/export module, which needs ``datasets``: a base install says what to add."""
+    try:
+        from services.pair_builder import dataset_io
+    except ImportError as error:
+        fail(f"the data commands need the data extra ({error})", "pip install 'vlfeedback[data]'")
+    return dataset_io
+
+
 def import_command(
-    path: Annotated[
-        Path, typer.Argument(help="VLFeedback-layout JSONL or Parquet (the released files or our export).")
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="VLFeedback-layout JSONL or Parquet (the released files or our export), or a release "
+            "folder on the Hub or any fsspec URL (hf://datasets/MMInstruction/VLFeedback, https://..., "
+            "a local folder) holding vlfeedback_80k.jsonl and merged_images.zip."
+        ),
     ],
-    images: Annotated[Path, typer.Option(help="Folder that img_path values are relative to.")],
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder that img_path values are relative to (default: the file's folder, or the "
+            "release's extracted merged_images.zip)."
+        ),
+    ] = None,
     judge_id: Annotated[
         str, typer.Option("--judge", help="Judge id the imported ratings are recorded under.")
     ] = "vlfeedback-gpt4v",
+    download_dir: Annotated[
+        Path, typer.Option(help="Where a remote release is copied (once) and its images extracted.")
+    ] = Path(".vlf/imports"),
 ) -> None:
     """Import instructions, answers and ratings into the ledger, and the pairs the pair builder's rule
     (its VLF_PAIRS_* settings) makes of them, ready for ``vlf train`` (idempotent: a re-run adds nothing)."""
     from services.pair_builder.backfill import backfill_pairs
-    from services.pair_builder.dataset_io import import_vlfeedback
+
+    import_vlfeedback = _dataset_io().import_vlfeedback
     from services.pair_builder.settings import PairBuilderSettings
+    from vlf.dataset_source import DatasetSourceError, fetch, is_remote
 
     pair_settings = PairBuilderSettings()
+    path = Path(source)
+    if is_remote(source) or path.is_dir():
+        try:
+            local = fetch(source, download_dir)
+        except (DatasetSourceError, OSError) as error:
+            fail(
+                f"cannot read {source}: {error}", "name a .jsonl/.parquet file or a VLFeedback release folder"
+            )
+        path, images = local.records, images or local.image_root
+    elif not path.is_file():
+        fail(f"{source} does not exist", "name a .jsonl/.parquet file, a release folder or a URL")
     ledger, blobs = _open()
-    report = import_vlfeedback(path, images, ledger, blobs, judge_id=judge_id)
+    report = import_vlfeedback(path, images or path.parent, ledger, blobs, judge_id=judge_id)
     console.print(
         f"imported {report.records_imported} of {report.records_read} records "
         f"({report.facts_inserted} new facts) in {report.seconds:.1f}s"
@@ -64,7 +101,7 @@ def export_vlfeedback_command(
     judge_id: Annotated[str, typer.Option("--judge", help="Whose ratings to export.")] = "vlfeedback-gpt4v",
 ) -> None:
     """One record per instruction: id, prompt, models, img_path, completions with their annotations."""
-    from services.pair_builder.dataset_io import export_vlfeedback
+    export_vlfeedback = _dataset_io().export_vlfeedback
 
     ledger, blobs = _open()
     report = export_vlfeedback(ledger, blobs, out, images, judge_id)
@@ -82,10 +119,10 @@ def export_trl_command(
     ] = None,
 ) -> None:
     """TRL's conversational preference format with images, accepted by DPOTrainer as is."""
-    from services.pair_builder.dataset_io import export_preference_dataset, push_to_hub
+    dataset_io = _dataset_io()
 
     ledger, blobs = _open()
-    report = export_preference_dataset(
+    report = dataset_io.export_preference_dataset(
         ledger, blobs, out_dir, strategy=strategy, split=split, judge_ids=judge_id
     )
     if report.records == 0:
@@ -99,7 +136,7 @@ def export_trl_command(
         token = os.environ.get("HF_TOKEN")
         if not token:
             fail("--push-to needs HF_TOKEN in the environment", "export HF_TOKEN=<a token with write access>")
-        console.print(f"pushed to {push_to_hub(out_dir / 'dataset', push_to, token)}")
+        console.print(f"pushed to {dataset_io.push_to_hub(out_dir / 'dataset', push_to, token)}")
 
 
 def stats_command(
@@ -132,4 +169,6 @@ def stats_command(
     if as_json:
         console.print_json(json.dumps(stats.model_dump(mode="json")))
     else:
-        console.print(stats.model_dump(mode="json"))
+        from vlf.cli.stats_tables import stats_tables
+
+        console.print(stats_tables(stats))
