@@ -26,6 +26,7 @@ Import decisions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -33,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,6 +45,7 @@ from huggingface_hub import HfApi
 from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from services.pair_builder.rlaif_v import is_rlaif_v_row, rlaif_v_facts
 from shared.blobs.errors import ImageSourceRefused, ImageSourceUnavailable, InvalidImage
 from shared.blobs.images import ImagePolicy, load_valid_image, validate_image
 from shared.blobs.store import BlobStore, blob_uri, parse_blob_uri
@@ -60,6 +63,7 @@ RELEASED_ASPECT_ORDER = (
 )
 SOURCE_ID_KEY = "vlfeedback_id"
 IMG_PATH_KEY = "img_path"
+RLAIF_V_IMAGE_KEY = "image_path"
 IMPORT_BATCH_FACTS = 3000  # ~500 records of 4 answers per ledger transaction
 _BLOB_SUFFIX = re.compile(r"\.[a-z0-9]{1,16}")
 EXAMPLES_KEPT = 20
@@ -89,6 +93,15 @@ VLFEEDBACK_SCHEMA = pa.schema(
 PREFERENCE_FEATURES = datasets.Features({**TRAINING_FEATURES, "margin": datasets.Value("float64")})
 
 
+@dataclass(frozen=True, slots=True)
+class ImportRule:
+    """Whose ratings a VLFeedback record holds, and how RLAIF-V pairs are split."""
+
+    judge_id: str
+    heldout_fraction: float
+    seed: int
+
+
 class ImportReport(BaseModel):
     records_read: int = 0
     records_imported: int = 0
@@ -96,6 +109,7 @@ class ImportReport(BaseModel):
     missing_images: int = 0
     refused_images: int = 0
     invalid_records: int = 0
+    pair_rows: int = 0  # RLAIF-V rows, recorded as pairs of strategy rlaif-v
     problems: list[str] = []
     seconds: float = 0.0
 
@@ -230,18 +244,23 @@ def import_vlfeedback(
     judge_id: str = VLFEEDBACK_JUDGE,
     *,
     show_progress: bool = True,
+    heldout_fraction: float = 0.005,
+    seed: int = 42,
 ) -> ImportReport:
-    """Import a VLFeedback-layout JSONL or Parquet file (see the module docstring); safe to re-run."""
+    """Import a VLFeedback-layout JSONL or Parquet file (see the module docstring); safe to re-run.
+    RLAIF-V rows (``question, chosen, rejected, ...``) in the same file are recorded as the pairs
+    they are (``services.pair_builder.rlaif_v``), split by ``heldout_fraction`` and ``seed``."""
     started = time.monotonic()
     report = ImportReport()
     policy = ImagePolicy(local_roots=(Path(image_root),))
+    rule = ImportRule(judge_id, heldout_fraction, seed)
     pending: list[ev.Event] = []
     with _progress(show_progress) as progress:
         task = progress.add_task(f"importing {Path(path).name}", total=progress_total(Path(path)))
         for record, advance in read_records(Path(path), report.bad_line):
             progress.advance(task, advance)
             report.records_read += 1
-            facts = _import_one(record, Path(image_root), policy, blobs, judge_id, report)
+            facts = _import_one(record, Path(image_root), policy, blobs, report, rule)
             if facts:
                 report.records_imported += 1
                 pending.extend(facts)
@@ -259,12 +278,12 @@ def _import_one(
     image_root: Path,
     policy: ImagePolicy,
     blobs: BlobStore,
-    judge_id: str,
     report: ImportReport,
+    rule: ImportRule,
 ) -> list[ev.Event]:
-    record_id = str(record.get("id", f"#{report.records_read}"))
+    record_id = str(record.get("id", record.get("idx", f"#{report.records_read}")))
     record, embedded = _without_embedded_image(record)
-    img_path = record.get("img_path") or ""
+    img_path = record.get(IMG_PATH_KEY) or record.get(RLAIF_V_IMAGE_KEY) or ""
     image_uris = []
     if embedded is not None:
         try:
@@ -288,7 +307,12 @@ def _import_one(
             return []
         image_uris.append(blob_uri(data, suffix=_image_suffix(img_path)))
     try:
-        facts = record_facts(record, image_uris, judge_id)
+        if is_rlaif_v_row(record):
+            image_sha256 = hashlib.sha256(data).hexdigest() if image_uris else ""
+            facts = rlaif_v_facts(record, image_uris, image_sha256, rule.heldout_fraction, rule.seed)
+            report.pair_rows += 1
+        else:
+            facts = record_facts(record, image_uris, rule.judge_id)
     except (KeyError, TypeError, ValueError, AttributeError) as error:  # ValidationError is a ValueError
         report.invalid_records += 1
         report.note(f"{record_id}: invalid record: {_short(error)}")
@@ -304,7 +328,11 @@ def _without_embedded_image(record: dict[str, Any]) -> tuple[dict[str, Any], byt
     for key in ("image", IMG_PATH_KEY):
         value = record.get(key)
         if isinstance(value, dict) and value.get("bytes"):
-            name = record.get(IMG_PATH_KEY) if key == "image" else value.get("path")
+            name = (
+                record.get(IMG_PATH_KEY) or record.get(RLAIF_V_IMAGE_KEY)
+                if key == "image"
+                else value.get("path")
+            )
             rest = {k: v for k, v in record.items() if k != "image"}
             return {**rest, IMG_PATH_KEY: name if isinstance(name, str) else ""}, bytes(value["bytes"])
     return record, None

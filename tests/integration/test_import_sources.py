@@ -155,3 +155,52 @@ def test_parquet_rows_with_embedded_images_import_without_an_images_folder(tmp_p
     assert result.exit_code == 0, result.output
     assert "imported 3 of 3 records" in result.output
     assert _images_by_source_id(tmp_path) == {i: jpeg(c) for i, c in COLOURS.items()}
+
+
+def test_rlaif_v_rows_become_pairs_that_vlf_trains_and_exports(tmp_path):
+    """RLAIF-V's layout: each row a pair, image embedded; two rows share an image and question."""
+    rows = [
+        {
+            "image": {"bytes": jpeg(colour), "path": f"{n}.jpg"},
+            "question": f"What colour is shape {n % 2}?",
+            "chosen": f"It is {colour}.",
+            "rejected": f"It is not {colour}, it is purple {n}.",
+            "ds_name": "RLAIF-V",
+            "origin_dataset": "fixture",
+            "origin_split": "train",
+            "idx": n,
+            "image_path": f"images/{n}.jpg",
+        }
+        for n, colour in enumerate(["red", "green", "red"])
+    ]
+    rows[2] |= {"question": rows[0]["question"], "image": rows[0]["image"]}  # a second pair for one prompt
+    features = datasets.Features(
+        {key: datasets.Value("int64" if key == "idx" else "string") for key in rows[0] if key != "image"}
+        | {"image": datasets.Image()}
+    )
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(tmp_path / "rlaif.parquet"))
+    env = _env(tmp_path)
+
+    imported = CliRunner().invoke(app, ["import", str(tmp_path / "rlaif.parquet")], env=env)
+    again = CliRunner().invoke(app, ["import", str(tmp_path / "rlaif.parquet")], env=env)
+    exported = CliRunner().invoke(
+        app, ["export", "trl", str(tmp_path / "trl"), "--strategy", "rlaif-v"], env=env
+    )
+
+    assert imported.exit_code == 0, imported.output
+    assert "3 RLAIF-V rows recorded as pairs of strategy rlaif-v" in imported.output
+    assert "(0 new facts)" in again.output
+    ledger = Ledger(env["VLF_LEDGER_URL"])
+    try:
+        pairs = list(ledger.iter_facts(ev.Pair, strategy="rlaif-v"))
+        assert ledger.count(ev.Instruction) == 2 and len(pairs) == 3
+        assert {(p.chosen.text, p.rejected.text) for p in pairs} == {
+            (r["chosen"], r["rejected"]) for r in rows
+        }
+        assert all(p.judge_ids == ["rlaif-v"] and p.margin == 1.0 for p in pairs)
+    finally:
+        ledger.close()
+    assert exported.exit_code == 0, exported.output
+    train = datasets.load_from_disk(str(tmp_path / "trl" / "dataset"))
+    assert len(train) == sum(p.split == "train" for p in pairs)
+    assert {row["chosen"][0]["content"][0]["text"] for row in train} <= {r["chosen"] for r in rows}

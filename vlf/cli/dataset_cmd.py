@@ -81,13 +81,26 @@ def import_command(
     elif not path.is_file():
         fail(f"{source} does not exist", "name a .jsonl/.parquet file, a release folder or a URL")
     ledger, blobs = _open()
-    report = import_vlfeedback(path, images or path.parent, ledger, blobs, judge_id=judge_id)
+    report = import_vlfeedback(
+        path,
+        images or path.parent,
+        ledger,
+        blobs,
+        judge_id=judge_id,
+        heldout_fraction=pair_settings.heldout_fraction,
+        seed=pair_settings.seed,
+    )
     console.print(
         f"imported {report.records_imported} of {report.records_read} records "
         f"({report.facts_inserted} new facts) in {report.seconds:.1f}s"
     )
     new_pairs = backfill_pairs(ledger, pair_settings)
     console.print(f"{new_pairs} new preference pairs (strategy {pair_settings.strategy})")
+    if report.pair_rows:
+        console.print(
+            f"{report.pair_rows} RLAIF-V rows recorded as pairs of strategy rlaif-v "
+            "(`vlf train BASE --strategy rlaif-v`)"
+        )
     for problem in report.problems:
         console.print(f"[yellow]problem[/] {escape(problem)}")  # quotes the user's file
     if report.invalid_records or report.missing_images:
