@@ -181,7 +181,7 @@ def run_seed(seed: int, root: Path) -> dict[str, dict[str, float]]:
         train_s = time.perf_counter() - trained_at
         tuned_accuracy, tuned_answers = greedy_accuracy(outcome.artifact_dir, eval_items)
         pref_accuracy = preference_accuracy(
-            outcome.artifact_dir, None, models[0], held_out_pairs, config.beta
+            outcome.artifact_dir, None, models[0], held_out_pairs, config.hparams.beta
         )
         results[name] = {
             "base_greedy": base_accuracy,

@@ -20,6 +20,7 @@ from trl import DPOConfig, DPOTrainer
 
 from devkit.tinymodels import build_tiny_vlm
 from services.trainer.dpo import DpoJobConfig, PairRecord, lora_config, train
+from shared.contracts import events as ev
 from shared.ml.preference_data import preference_dataset
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -45,20 +46,21 @@ def colour_pairs(count: int) -> list[PairRecord]:
 
 def plain_trl(config: DpoJobConfig, pairs: list[PairRecord], output_dir: Path) -> float:
     """What a user would write with TRL alone: same model, LoRA, hyper-parameters and data."""
+    hparams = config.hparams
     args = DPOConfig(
         output_dir=str(output_dir),
-        beta=config.beta,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        adam_beta2=config.adam_beta2,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        beta=hparams.beta,
+        learning_rate=hparams.learning_rate,
+        lr_scheduler_type=hparams.lr_scheduler_type,
+        warmup_steps=hparams.warmup_ratio,
+        weight_decay=hparams.weight_decay,
+        adam_beta2=hparams.adam_beta2,
+        max_steps=hparams.max_steps,
+        per_device_train_batch_size=hparams.per_device_train_batch_size,
+        gradient_accumulation_steps=hparams.gradient_accumulation_steps,
         max_length=config.max_length,
-        gradient_checkpointing=config.gradient_checkpointing,
-        seed=config.seed,
+        gradient_checkpointing=hparams.gradient_checkpointing,
+        seed=hparams.seed,
         save_strategy="no",
         logging_steps=1,
         report_to="none",
@@ -80,7 +82,8 @@ def ours(config: DpoJobConfig, pairs: list[PairRecord], output_dir: Path) -> tup
     started = time.perf_counter()
     outcome = train(pairs, config, output_dir)
     wall = time.perf_counter() - started
-    pairs_trained = outcome.steps * config.per_device_train_batch_size * config.gradient_accumulation_steps
+    hparams = config.hparams
+    pairs_trained = outcome.steps * hparams.per_device_train_batch_size * hparams.gradient_accumulation_steps
     return outcome.metrics["train_samples_per_second"], pairs_trained / wall
 
 
@@ -95,10 +98,12 @@ def main() -> None:
         pairs = colour_pairs(cli.pairs)
         config = DpoJobConfig(
             base_model=str(model),
-            max_steps=cli.steps,
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=1,
-            gradient_checkpointing=False,
+            hparams=ev.TrainHyperparams(
+                max_steps=cli.steps,
+                per_device_train_batch_size=4,
+                gradient_accumulation_steps=1,
+                gradient_checkpointing=False,
+            ),
             save_steps=10_000,
             precompute_batch_size=16,
         )

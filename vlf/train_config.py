@@ -1,13 +1,13 @@
 """``vlf train --config train.yaml``: a training recipe written in TRL's and PEFT's own names.
 
-Users come with a ``DPOConfig`` and a ``LoraConfig`` in mind, so the file takes those names:
-``beta``, ``loss_type``, ``num_train_epochs``, ``per_device_train_batch_size`` ... at the top, and
-``r``, ``lora_alpha``, ``lora_dropout`` under ``lora:``. Unset keys keep the paper's values (the
-``TrainRequest`` defaults). The file becomes a request on a topic, which the trainer turns into a
-run on the cluster's GPUs and disks, so only the recipe is accepted: TRL's fields that say where
-files go, what is uploaded and with which token (``output_dir``, ``push_to_hub``, ``hub_token``,
-``deepspeed``, ...) are set by the trainer service and refused here with that reason, and any other
-key is refused with the names that are accepted.
+Users come with a ``DPOConfig`` and a ``LoraConfig`` in mind, so the file takes those names, which
+the request's contracts carry too: ``beta``, ``loss_type``, ``num_train_epochs``,
+``per_device_train_batch_size`` ... at the top, and ``r``, ``lora_alpha``, ``lora_dropout`` under
+``lora:``. Unset keys keep the paper's values (the ``TrainRequest`` defaults). The file becomes a
+request on a topic, which the trainer turns into a run on the cluster's GPUs and disks, so only the
+recipe is accepted: TRL's fields that say where files go, what is uploaded and with which token
+(``output_dir``, ``push_to_hub``, ``hub_token``, ``deepspeed``, ...) are set by the trainer service
+and refused here with that reason, and any other key is refused with the names that are accepted.
 """
 
 from __future__ import annotations
@@ -22,26 +22,9 @@ from shared.contracts import events as ev
 
 ModelT = TypeVar("ModelT", ev.TrainHyperparams, ev.LoraSpec)
 
-# DPOConfig name -> TrainHyperparams field
-DPO_FIELDS = {
-    "beta": "beta",
-    "loss_type": "loss_type",
-    "loss_weights": "loss_weights",
-    "learning_rate": "learning_rate",
-    "lr_scheduler_type": "lr_scheduler_type",
-    "warmup_ratio": "warmup_ratio",
-    "weight_decay": "weight_decay",
-    "adam_beta2": "adam_beta2",
-    "num_train_epochs": "epochs",
-    "per_device_train_batch_size": "per_device_batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "bf16": "bf16",
-    "gradient_checkpointing": "gradient_checkpointing",
-    "max_steps": "max_steps",
-    "seed": "seed",
-}
-# LoraConfig name -> LoraSpec field
-LORA_FIELDS = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
+# The contracts carry DPOConfig's and LoraConfig's own names, so the file's keys are their fields.
+DPO_FIELDS = tuple(ev.TrainHyperparams.model_fields)
+LORA_FIELDS = tuple(ev.LoraSpec.model_fields)
 # TrainingArguments / DPOConfig / LoraConfig fields the trainer service sets for every run.
 TRAINER_OWNED = frozenset(
     {
@@ -94,12 +77,12 @@ def read_train_config(path: Path) -> tuple[ev.TrainHyperparams, ev.LoraSpec]:
         raise TrainConfigError(f"{path}: lora: expected a mapping of LoraConfig names")
     if isinstance(loaded.get("loss_type"), str):  # DPOConfig takes one loss name or a list
         loaded["loss_type"] = [loaded["loss_type"]]
-    hparams = _validated(path, ev.TrainHyperparams, _renamed(path, loaded, DPO_FIELDS, "DPOConfig", ""))
-    lora_spec = _validated(path, ev.LoraSpec, _renamed(path, lora, LORA_FIELDS, "LoraConfig", "lora."))
-    return hparams, lora_spec
+    _check_keys(path, loaded, DPO_FIELDS, "DPOConfig", "")
+    _check_keys(path, lora, LORA_FIELDS, "LoraConfig", "lora.")
+    return _validated(path, ev.TrainHyperparams, loaded, ""), _validated(path, ev.LoraSpec, lora, "lora.")
 
 
-def _renamed(path: Path, given: dict[str, Any], names: dict[str, str], source: str, prefix: str) -> dict:
+def _check_keys(path: Path, given: dict[str, Any], names: tuple[str, ...], source: str, prefix: str) -> None:
     for key in given:
         if key in TRAINER_OWNED:
             raise TrainConfigError(
@@ -111,22 +94,11 @@ def _renamed(path: Path, given: dict[str, Any], names: dict[str, str], source: s
                 f"{path}: unknown key {prefix}{key}; {source} names accepted: {', '.join(sorted(names))}"
                 + ("; LoraConfig names go under lora:" if not prefix else "")
             )
-    return {names[key]: value for key, value in given.items()}
 
 
-def _validated(path: Path, contract: type[ModelT], fields: dict[str, Any]) -> ModelT:
-    """The contract built from the renamed fields; errors name the file's keys, not ours."""
+def _validated(path: Path, contract: type[ModelT], fields: dict[str, Any], prefix: str) -> ModelT:
     try:
         return contract(**fields)
     except ValidationError as error:
-        problems = "; ".join(f"{_file_name(e['loc'])}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(f"{prefix}{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise TrainConfigError(f"{path}: {problems}") from None
-
-
-def _file_name(location: tuple) -> str:
-    field = str(location[0]) if location else ""
-    for names, prefix in ((DPO_FIELDS, ""), (LORA_FIELDS, "lora.")):
-        for file_name, ours in names.items():
-            if ours == field:
-                return prefix + file_name
-    return field

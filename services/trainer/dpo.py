@@ -37,6 +37,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
 from services.trainer.reference import REF_COLUMNS, PrecomputedRefDPOTrainer, VisionPreferenceWithRefCollator
+from shared.contracts import events as ev
 from shared.ml.logps import completion_logps, fused_log_probs
 from shared.ml.preference_data import PairRecord, pairs_digest, preference_dataset
 
@@ -61,41 +62,24 @@ log = logging.getLogger(__name__)
 
 
 class DpoJobConfig(BaseModel):
-    """One DPO run. Defaults are the paper's (Silkie): LoRA r=64 alpha=16 dropout 0.05 on the language
-    model, vision tower frozen, beta 0.1, lr 1e-5 cosine with 10% warmup, weight decay 0.05, Adam beta2
-    0.98, 3 epochs, batch 2 x grad-accum 8 per device, bf16 on GPU, gradient checkpointing."""
+    """One DPO run: the request's hyperparameters and LoRA settings (TRL's and PEFT's names, the
+    paper's defaults: LoRA r=64 alpha=16 dropout 0.05 on the language model, vision tower frozen,
+    beta 0.1, lr 1e-5 cosine with 10% warmup, weight decay 0.05, Adam beta2 0.98, 3 epochs, batch
+    2 x grad-accum 8 per device, bf16 on GPU, gradient checkpointing) and what the service adds."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # What is trained
     base_model: str = Field(description="Local folder or hub id of an image-text-to-text model.")
     use_lora: bool = Field(True, description="Train a LoRA adapter; False trains all non-vision weights.")
-    lora_r: int = Field(64, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora: ev.LoraSpec = ev.LoraSpec()
     merge_adapter: bool = Field(False, description="Save the base model with the adapter merged in.")
+    hparams: ev.TrainHyperparams = ev.TrainHyperparams()
 
-    # The objective
-    beta: float = Field(0.1, gt=0.0)
-    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], description="TRL loss names.")
-    loss_weights: list[float] | None = Field(None, description="One weight per loss_type entry.")
+    # How the reference pass runs
     precompute_ref_logps: bool = Field(True, description="Reference log-probs once, before training.")
     precompute_batch_size: int = Field(8, ge=1, description="Pairs per reference forward (no gradients).")
-
-    # The optimisation
-    learning_rate: float = Field(1e-5, gt=0.0)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.05, ge=0.0)
-    adam_beta2: float = Field(0.98, gt=0.0, lt=1.0)
-    num_train_epochs: float = Field(3.0, gt=0.0)
-    max_steps: int | None = Field(None, ge=1, description="Overrides num_train_epochs when set.")
-    per_device_train_batch_size: int = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(8, ge=1)
     max_length: int | None = Field(2048, ge=1, description="Tokens per sequence, image tokens included.")
-    bf16: bool | None = Field(None, description="None: bf16 exactly when a GPU is used.")
-    gradient_checkpointing: bool = True
-    seed: int = 42
 
     # Checkpoints
     save_steps: int = Field(100, ge=1)
@@ -168,7 +152,8 @@ class ProgressReporter(TrainerCallback):
 
 
 def use_bf16(config: DpoJobConfig) -> bool:
-    return torch.cuda.is_available() if config.bf16 is None else config.bf16
+    bf16 = config.hparams.bf16
+    return torch.cuda.is_available() if bf16 is None else bf16
 
 
 def load_policy(config: DpoJobConfig) -> PreTrainedModel:
@@ -193,9 +178,7 @@ def freeze_vision_tower(model: PreTrainedModel) -> None:
 
 def lora_config(config: DpoJobConfig) -> LoraConfig:
     return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
+        **config.lora.model_dump(),
         target_modules=LANGUAGE_MODEL_LINEAR_LAYERS,
         task_type="CAUSAL_LM",
     )
@@ -214,25 +197,17 @@ def installed_trackers(wanted: list[str]) -> list[str]:
 
 
 def dpo_args(config: DpoJobConfig, output_dir: Path) -> DPOConfig:
+    """TRL's config: the request's hyperparameters under their own names, then the service's part."""
+    hparams = config.hparams
     return DPOConfig(
+        **hparams.model_dump(exclude={"warmup_ratio", "max_steps", "bf16"}),
+        # transformers 5 reads a warmup_steps below 1 as a ratio (warmup_ratio is deprecated there)
+        warmup_steps=hparams.warmup_ratio,
+        max_steps=hparams.max_steps or -1,
+        bf16=use_bf16(config),
         output_dir=str(output_dir),
-        beta=config.beta,
-        loss_type=list(config.loss_type),
-        loss_weights=config.loss_weights,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        adam_beta2=config.adam_beta2,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_length,
         disable_dropout=False,  # ``load_policy`` does it for the base model only (see there)
-        bf16=use_bf16(config),
-        gradient_checkpointing=config.gradient_checkpointing,
-        seed=config.seed,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,

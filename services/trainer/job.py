@@ -52,30 +52,13 @@ def finite_or_none(values: Mapping[str, object]) -> dict[str, object]:
 def dpo_config(request: ev.TrainRequest, settings: TrainerSettings):  # noqa: ANN201 - imports torch lazily
     from services.trainer.dpo import DpoJobConfig
 
-    hp = request.hparams
     return DpoJobConfig(
         base_model=request.base_model,
         use_lora=request.use_lora,
-        lora_r=request.lora.r,
-        lora_alpha=request.lora.alpha,
-        lora_dropout=request.lora.dropout,
+        lora=request.lora,
         merge_adapter=request.merge_adapter,
-        beta=hp.beta,
-        loss_type=hp.loss_type,
-        loss_weights=hp.loss_weights,
+        hparams=request.hparams,
         precompute_ref_logps=request.precompute_ref_logps,
-        learning_rate=hp.learning_rate,
-        lr_scheduler_type=hp.lr_scheduler_type,
-        warmup_ratio=hp.warmup_ratio,
-        weight_decay=hp.weight_decay,
-        adam_beta2=hp.adam_beta2,
-        num_train_epochs=hp.epochs,
-        max_steps=hp.max_steps,
-        per_device_train_batch_size=hp.per_device_batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        gradient_checkpointing=hp.gradient_checkpointing,
-        bf16=None if hp.bf16 else False,
-        seed=hp.seed,
         save_steps=settings.save_steps,
         report_to=settings.report_to,
         run_name=request.job_id,
@@ -166,7 +149,7 @@ def train(
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             raise JobFailed(
-                f"out of memory: {exc}; lower per_device_batch_size or enable gradient checkpointing"
+                f"out of memory: {exc}; lower per_device_train_batch_size or enable gradient checkpointing"
             ) from exc
         raise
     uri = outcome.artifact_dir.resolve().as_uri()

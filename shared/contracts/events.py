@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 
 def utc_now() -> datetime:
@@ -207,13 +207,18 @@ class DatasetSelector(Contract):
 
 
 class LoraSpec(Contract):
+    """PEFT ``LoraConfig`` names; defaults are the paper's. The earlier names (``alpha``,
+    ``dropout``) are still read, so stored job requests stay valid."""
+
     r: int = Field(64, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    lora_alpha: int = Field(16, ge=1, validation_alias=AliasChoices("lora_alpha", "alpha"))
+    lora_dropout: float = Field(0.05, ge=0, lt=1, validation_alias=AliasChoices("lora_dropout", "dropout"))
 
 
 class TrainHyperparams(Contract):
-    """Defaults are the paper's recipe (Silkie: Qwen-VL-Chat, 8 GPUs)."""
+    """TRL ``DPOConfig`` names, passed to it as they are; defaults are the paper's recipe (Silkie:
+    Qwen-VL-Chat, 8 GPUs). The earlier names (``epochs``, ``per_device_batch_size``) are still read,
+    so stored job requests stay valid."""
 
     beta: float = Field(0.1, gt=0)
     loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
@@ -223,12 +228,16 @@ class TrainHyperparams(Contract):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)  # the job's bound: 1.0 would be one warm-up step
     weight_decay: float = Field(0.05, ge=0)
     adam_beta2: float = Field(0.98, gt=0, lt=1)
-    epochs: float = Field(3.0, gt=0)
-    per_device_batch_size: int = Field(2, ge=1)
+    num_train_epochs: float = Field(3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "epochs"))
+    per_device_train_batch_size: int = Field(
+        2, ge=1, validation_alias=AliasChoices("per_device_train_batch_size", "per_device_batch_size")
+    )
     gradient_accumulation_steps: int = Field(8, ge=1)
-    bf16: bool = True
+    bf16: bool | None = Field(
+        None, description="None: bf16 exactly when a GPU trains (the paper's bf16); False: fp32."
+    )
     gradient_checkpointing: bool = True
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Overrides num_train_epochs when set.")
     seed: int = 42
 
 

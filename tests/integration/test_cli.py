@@ -127,6 +127,6 @@ def test_train_publishes_a_recipe_files_values_with_options_on_top(
     assert result.returncode == 0, result.stderr
     [record] = consume_all(kafka_bootstrap, namespace + topics.TRAIN_REQUESTS.name, expect=1)
     request = ev.TrainRequest.model_validate_json(record.value)
-    assert (request.job_id, request.hparams.beta, request.hparams.epochs) == ("j1", 0.3, 1.0)
+    assert (request.job_id, request.hparams.beta, request.hparams.num_train_epochs) == ("j1", 0.3, 1.0)
     assert (request.hparams.max_steps, request.lora.r) == (5, 8)
     assert refused.returncode == 2 and "unknown key num_epochs" in refused.stderr

@@ -61,14 +61,14 @@ def _record_pairs(ledger: Ledger, blobs: BlobStore, n: int = 8) -> None:
 def _request(job_id: str, base_model: str, **kw) -> ev.TrainRequest:
     hparams = ev.TrainHyperparams(
         max_steps=kw.pop("max_steps", 2),
-        per_device_batch_size=2,
+        per_device_train_batch_size=2,
         gradient_accumulation_steps=1,
         gradient_checkpointing=False,
         learning_rate=1e-3,
         warmup_ratio=0.0,
     )
     return ev.TrainRequest(
-        job_id=job_id, base_model=base_model, hparams=hparams, lora=ev.LoraSpec(r=8, alpha=16), **kw
+        job_id=job_id, base_model=base_model, hparams=hparams, lora=ev.LoraSpec(r=8, lora_alpha=16), **kw
     )
 
 

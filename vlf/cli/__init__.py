@@ -240,7 +240,7 @@ def train(
         hparams, lora_spec = read_train_config(config) if config else (ev.TrainHyperparams(), ev.LoraSpec())
     except TrainConfigError as error:
         fail(str(error), "keys are DPOConfig names; see `vlf train --help`")
-    overrides = {"epochs": epochs, "max_steps": max_steps, "loss_type": loss_type or None}
+    overrides = {"num_train_epochs": epochs, "max_steps": max_steps, "loss_type": loss_type or None}
     hparams = ev.TrainHyperparams(
         **{**hparams.model_dump(), **{key: value for key, value in overrides.items() if value is not None}}
     )

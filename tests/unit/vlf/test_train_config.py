@@ -24,10 +24,10 @@ def test_trl_names_set_the_request_and_the_rest_keep_the_papers_values(tmp_path)
 
     hparams, lora = read_train_config(path)
 
-    assert (hparams.beta, hparams.loss_type, hparams.epochs) == (0.2, ["ipo"], 1.0)
-    assert (hparams.per_device_batch_size, hparams.learning_rate) == (4, 5e-6)
+    assert (hparams.beta, hparams.loss_type, hparams.num_train_epochs) == (0.2, ["ipo"], 1.0)
+    assert (hparams.per_device_train_batch_size, hparams.learning_rate) == (4, 5e-6)
     assert hparams.gradient_accumulation_steps == ev.TrainHyperparams().gradient_accumulation_steps
-    assert (lora.r, lora.alpha, lora.dropout) == (16, 32, ev.LoraSpec().dropout)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (16, 32, ev.LoraSpec().lora_dropout)
 
 
 def test_an_empty_file_is_the_papers_recipe(tmp_path):

@@ -3,6 +3,7 @@ reference log-probs train exactly like TRL's on-the-fly reference."""
 
 import gc
 import io
+import json
 import math
 import weakref
 
@@ -59,17 +60,22 @@ def colour_pairs(count: int = 8) -> list[PairRecord]:
 
 
 def quick_config(model_path, **overrides) -> DpoJobConfig:
-    settings = {
-        "base_model": str(model_path),
+    """A two-step run; ``overrides`` by name, whether a hyperparameter, a LoRA or a job setting."""
+    hparams = {
         "max_steps": 2,
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 1,
         "learning_rate": 1e-2,
         "warmup_ratio": 0.0,
-        "save_steps": 2,
-        **overrides,
     }
-    return DpoJobConfig(**settings)
+    hparams |= {k: overrides.pop(k) for k in list(overrides) if k in ev.TrainHyperparams.model_fields}
+    lora = {k: overrides.pop(k) for k in list(overrides) if k in ev.LoraSpec.model_fields}
+    return DpoJobConfig(
+        base_model=str(model_path),
+        hparams=ev.TrainHyperparams(**hparams),
+        lora=ev.LoraSpec(**lora),
+        **({"save_steps": 2} | overrides),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +252,43 @@ def test_a_run_reports_to_the_installed_trackers_under_its_job_id(tmp_path, capl
     assert "no-such-tracker" in caplog.text  # left out with a warning, the run goes on
     untracked = dpo_args(dpo_config(request, TrainerSettings(report_to=[])), tmp_path)
     assert untracked.report_to == []
+
+
+def test_every_field_of_a_recipe_file_reaches_trls_config_under_its_own_name(tmp_path):
+    """train.yaml (DPOConfig and LoraConfig names) -> the request -> the job -> DPOConfig/LoraConfig:
+    each key, set away from its default, arrives unchanged under the same name."""
+    from services.trainer.dpo import lora_config
+    from vlf.train_config import read_train_config
+
+    recipe = {
+        "beta": 0.25,
+        "loss_type": ["sigmoid", "sft"],
+        "loss_weights": [1.0, 0.5],
+        "learning_rate": 3e-6,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.05,
+        "weight_decay": 0.01,
+        "adam_beta2": 0.95,
+        "num_train_epochs": 2.0,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 3,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "max_steps": 7,
+        "seed": 7,
+    }
+    lora = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.1}
+    assert set(recipe) == set(ev.TrainHyperparams.model_fields), "the test covers every field"
+    defaults = ev.TrainHyperparams().model_dump()
+    assert all(recipe[name] != defaults[name] for name in recipe)
+    (tmp_path / "train.yaml").write_text(json.dumps({**recipe, "lora": lora}))
+
+    hparams, lora_spec = read_train_config(tmp_path / "train.yaml")
+    request = ev.TrainRequest(job_id="j", base_model="m", hparams=hparams, lora=lora_spec)
+    args = dpo_args(dpo_config(request, TrainerSettings()), tmp_path / "out")
+    peft = lora_config(dpo_config(request, TrainerSettings()))
+
+    renamed = {"warmup_ratio": "warmup_steps"}  # transformers 5 reads a warmup_steps below 1 as a ratio
+    for name, value in recipe.items():
+        assert getattr(args, renamed.get(name, name)) == value, name
+    assert (peft.r, peft.lora_alpha, peft.lora_dropout) == (16, 32, 0.1)
