@@ -41,7 +41,8 @@ from typing import Any
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-from huggingface_hub import HfApi
+from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub.errors import EntryNotFoundError
 from pydantic import BaseModel, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -512,3 +513,25 @@ def push_to_hub(dataset_dir: Path, repo_id: str, token: str, *, private: bool = 
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(dataset_dir), repo_type="dataset")
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def push_card(repo_id: str, token: str, card: DatasetCard) -> str:
+    """``card`` as the repo's README, keeping the metadata ``datasets`` wrote there (configs,
+    features), which the Hub's viewer reads. Returns the repo URL."""
+    try:
+        written = DatasetCard.load(repo_id, repo_type="dataset", token=token).data.to_dict()
+    except (EntryNotFoundError, OSError):
+        written = {}
+    metadata = DatasetCardData(**(written | card.data.to_dict())).to_yaml()
+    DatasetCard(f"---\n{metadata}\n---\n\n{card.text}").push_to_hub(repo_id, repo_type="dataset", token=token)
+    return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def vlfeedback_hub_dataset(records_path: Path, image_dir: Path) -> datasets.Dataset:
+    """An exported VLFeedback file as a ``datasets.Dataset`` with each record's image as an
+    ``image`` column of the Image feature (embedded in the Parquet shards when pushed)."""
+    records_path = Path(records_path)
+    kind = "parquet" if records_path.suffix == ".parquet" else "json"
+    dataset = datasets.load_dataset(kind, data_files=str(records_path), split="train")
+    images = [str(Path(image_dir) / name) if name else None for name in dataset["img_path"]]
+    return dataset.add_column("image", images).cast_column("image", datasets.Image())

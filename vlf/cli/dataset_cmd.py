@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -15,6 +15,9 @@ from shared.blobs.store import BlobStore
 from shared.ledger import Ledger
 from shared.settings import CommonSettings
 from vlf.cli.output import console, fail
+
+if TYPE_CHECKING:
+    from huggingface_hub import DatasetCard
 
 export_app = typer.Typer(
     help="Export pairs for TRL, or the whole dataset in the VLFeedback layout.", no_args_is_help=True
@@ -112,13 +115,38 @@ def export_vlfeedback_command(
     out: Annotated[Path, typer.Argument(help="OUT.jsonl or OUT.parquet")],
     images: Annotated[Path, typer.Option(help="Folder to write the images into.")],
     judge_id: Annotated[str, typer.Option("--judge", help="Whose ratings to export.")] = "vlfeedback-gpt4v",
+    push_to: Annotated[
+        str | None,
+        typer.Option(help="Hugging Face dataset repo (images as an Image feature); token from HF_TOKEN."),
+    ] = None,
 ) -> None:
     """One record per instruction: id, prompt, models, img_path, completions with their annotations."""
-    export_vlfeedback = _dataset_io().export_vlfeedback
+    from collections import Counter
 
+    from vlf.dataset_card import dataset_card, judge_description
+
+    dataset_io = _dataset_io()
     ledger, blobs = _open()
-    report = export_vlfeedback(ledger, blobs, out, images, judge_id)
+    report = dataset_io.export_vlfeedback(ledger, blobs, out, images, judge_id)
     console.print(f"exported {report.records} records to {', '.join(report.paths)}")
+    models = Counter(
+        completion["model"]
+        for record, _ in dataset_io.read_records(out, on_bad_line=lambda _problem: None)
+        for completion in record["completions"]
+    )
+    card = dataset_card(
+        title="VLFeedback-layout AI feedback",
+        layout="VLFeedback (id, prompt, models, img_path, completions with ratings, rationales) and image",
+        judges=[judge_description(judge_id, CommonSettings().registry_path)],
+        models=models,
+        rule={"ratings": "1-5 per aspect, as the judge gave them (pairs are made by the pair rule on use)"},
+        counts={"instructions": report.records},
+    )
+    card.save(out.with_name(f"{out.stem}.README.md"))  # beside the export: never over a README of the user's
+    if push_to:
+        token = _hub_token()
+        dataset_io.vlfeedback_hub_dataset(out, images).push_to_hub(push_to, token=token, private=True)
+        console.print(f"pushed to {dataset_io.push_card(push_to, token, card)}")
 
 
 @export_app.command("trl")
@@ -145,11 +173,45 @@ def export_trl_command(
         )
     else:
         console.print(f"exported {report.records} pairs to {', '.join(report.paths)}")
+    card = _pairs_card(ledger, strategy, split, judge_id, report.records)
+    card.save(out_dir / "README.md")
     if push_to:
-        token = os.environ.get("HF_TOKEN")
-        if not token:
-            fail("--push-to needs HF_TOKEN in the environment", "export HF_TOKEN=<a token with write access>")
-        console.print(f"pushed to {dataset_io.push_to_hub(out_dir / 'dataset', push_to, token)}")
+        token = _hub_token()
+        dataset_io.push_to_hub(out_dir / "dataset", push_to, token)
+        console.print(f"pushed to {dataset_io.push_card(push_to, token, card)}")
+
+
+def _hub_token() -> str:
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        fail("--push-to needs HF_TOKEN in the environment", "export HF_TOKEN=<a token with write access>")
+    return token
+
+
+def _pairs_card(
+    ledger: Ledger, strategy: str, split: str, judge_ids: list[str] | None, exported: int
+) -> DatasetCard:
+    """The TRL export's card, from the pairs it holds (read again from the ledger)."""
+    from collections import Counter
+
+    from shared.contracts import events as ev
+    from shared.ml.training_pairs import select_pairs
+    from vlf.dataset_card import dataset_card, judge_description
+
+    pairs = select_pairs(
+        ledger, ev.DatasetSelector(split=split, strategy=strategy, judge_ids=judge_ids or [])
+    )
+    models = Counter(side.model_id for pair in pairs for side in (pair.chosen, pair.rejected))
+    judges = sorted({judge for pair in pairs for judge in pair.judge_ids})
+    registry = CommonSettings().registry_path
+    return dataset_card(
+        title=f"VLFeedback-style preference pairs ({strategy}, {split})",
+        layout="TRL conversational preference format (images, prompt, chosen, rejected, margin)",
+        judges=[judge_description(judge, registry) for judge in judges],
+        models=models,
+        rule={"strategy": strategy, "split": split, "judges": judge_ids or "every judge"},
+        counts={"pairs": exported, "instructions": len({pair.instruction_id for pair in pairs})},
+    )
 
 
 def stats_command(

@@ -320,3 +320,46 @@ def test_exporting_an_empty_split_writes_it_empty_and_says_so(image_root, tmp_pa
     empty = datasets.load_from_disk(str(tmp_path / "out" / "dataset"))
     assert len(empty) == 0 and empty.features == PREFERENCE_FEATURES
     assert pq.read_table(tmp_path / "out" / "heldout.parquet").num_rows == 0
+
+
+def test_exports_carry_a_dataset_card_of_models_judge_prompt_rule_and_counts(image_root, tmp_path):
+    """The card (README.md for the Hub) says what made the data: the judge's model and its prompt
+    file's sha256 from the registry, the answering models, the pair rule and the counts; the
+    VLFeedback export's Hub dataset carries each record's image as an Image feature."""
+    import hashlib
+
+    import yaml
+
+    from services.pair_builder.dataset_io import vlfeedback_hub_dataset
+
+    write_jsonl(tmp_path / "v.jsonl", RECORDS)
+    prompt = tmp_path / "judge-prompt.txt"
+    prompt.write_text("Rate {instruction} {answers}")
+    registry = tmp_path / "registry.yaml"
+    judge = {"id": "vlfeedback-gpt4v", "model": "gpt-4v", "prompt_template": str(prompt)}
+    registry.write_text(yaml.safe_dump({"models": [], "judges": [judge]}))
+    env = {
+        "VLF_LEDGER_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "VLF_BLOB_URL": str(tmp_path / "cli-blobs"),
+        "VLF_REGISTRY_PATH": str(registry),
+    }
+    CliRunner().invoke(app, ["import", str(tmp_path / "v.jsonl"), "--images", str(image_root)], env=env)
+
+    trl = CliRunner().invoke(app, ["export", "trl", str(tmp_path / "trl")], env=env)
+    out = tmp_path / "vlf" / "records.jsonl"
+    vlf = CliRunner().invoke(
+        app, ["export", "vlfeedback", str(out), "--images", str(tmp_path / "vlf" / "img")], env=env
+    )
+
+    assert trl.exit_code == 0 and vlf.exit_code == 0, trl.output + vlf.output
+    digest = hashlib.sha256(prompt.read_bytes()).hexdigest()
+    pairs_card = (tmp_path / "trl" / "README.md").read_text()
+    assert pairs_card.startswith("---\n") and "task_categories" in pairs_card
+    assert f"model `gpt-4v`, prompt template `judge-prompt.txt`, sha256 `{digest}`" in pairs_card
+    assert "- `gpt4v`:" in pairs_card and "strategy: `vlfeedback`" in pairs_card
+    records_card = (tmp_path / "vlf" / "records.README.md").read_text()
+    assert "- instructions: 3" in records_card and "- `fuyu-8b`: 1 answers" in records_card
+    hub = vlfeedback_hub_dataset(out, tmp_path / "vlf" / "img")
+    assert isinstance(hub.features["image"], datasets.Image)
+    row = {r["id"]: r for r in hub}["svit-detail-0001"]
+    assert row["image"].size == (64, 48) and row["image"].getpixel((0, 0)) == (255, 0, 0)
