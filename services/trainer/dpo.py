@@ -33,6 +33,7 @@ from transformers import (
     ProcessorMixin,
     TrainerCallback,
 )
+from transformers.integrations import TensorBoardCallback
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -75,6 +76,11 @@ class DpoJobConfig(BaseModel):
     lora: ev.LoraSpec = ev.LoraSpec()
     merge_adapter: bool = Field(False, description="Save the base model with the adapter merged in.")
     hparams: ev.TrainHyperparams = ev.TrainHyperparams()
+
+    run_facts: dict[str, str | int | float] = Field(
+        default_factory=dict,
+        description="The pipeline's figures (pairs, judges, strategy, ...), logged as the run's config.",
+    )
 
     # How the reference pass runs
     precompute_ref_logps: bool = Field(True, description="Reference log-probs once, before training.")
@@ -149,6 +155,39 @@ class ProgressReporter(TrainerCallback):
                 eta_s=(state.max_steps - state.global_step) * seconds_per_step,
             )
         )
+
+
+class RunFactsLogger(TrainerCallback):
+    """The pipeline's figures as the run's config, where a user of a tracker looks: a text panel in
+    TensorBoard, the run config in Weights & Biases, parameters in MLflow; and ``vlf_run.json``
+    in the run's folder for any other. Added after the trackers' callbacks, so theirs are set up."""
+
+    def __init__(self, facts: dict[str, str | int | float], callbacks: list[TrainerCallback]) -> None:
+        self.facts = facts
+        self.callbacks = callbacks
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if not self.facts or not state.is_world_process_zero:
+            return
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "vlf_run.json").write_text(json.dumps(self.facts, indent=2))
+        for callback in self.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                table = "\n".join(
+                    ["| fact | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in self.facts.items()]
+                )
+                callback.tb_writer.add_text("vlf/run", table, global_step=state.global_step)
+                callback.tb_writer.flush()
+        if "wandb" in args.report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.config.update(self.facts, allow_val_change=True)
+        if "mlflow" in args.report_to:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.log_params({f"vlf.{k}": v for k, v in self.facts.items()})
 
 
 def use_bf16(config: DpoJobConfig) -> bool:
@@ -342,6 +381,7 @@ def train(
     pairs_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     callbacks = [ProgressReporter(on_progress, pairs_per_step)] if on_progress else None
     trainer = build_trainer(pairs, config, args, callbacks=callbacks, cache_dir=cache_dir)
+    trainer.add_callback(RunFactsLogger(config.run_facts, trainer.callback_handler.callbacks))
     last_checkpoint = last_complete_checkpoint(output_dir)
     if last_checkpoint:
         log.info("resuming from %s", last_checkpoint)

@@ -65,6 +65,21 @@ def dpo_config(request: ev.TrainRequest, settings: TrainerSettings):  # noqa: AN
     )
 
 
+def run_facts(request: ev.TrainRequest, pairs: list[ev.Pair]) -> dict[str, str | int | float]:
+    """What the trackers show beside TRL's arguments: where the run's data came from."""
+    selector = request.dataset
+    return {
+        "job_id": request.job_id,
+        "base_model": request.base_model,
+        "pairs": len(pairs),
+        "instructions": len({pair.instruction_id for pair in pairs}),
+        "judges": ", ".join(sorted({judge for pair in pairs for judge in pair.judge_ids})),
+        "strategy": selector.strategy,
+        "min_margin": selector.min_margin,
+        "split": selector.split,
+    }
+
+
 def run_job(job_id: str, common: CommonSettings, settings: TrainerSettings) -> None:
     ledger = Ledger(common.ledger_url)
     job = ledger.job(job_id)
@@ -117,7 +132,7 @@ def train(
     try:
         from services.trainer.dpo import train as dpo_train
 
-        config = dpo_config(request, settings)
+        config = dpo_config(request, settings).model_copy(update={"run_facts": run_facts(request, pairs)})
     except ValueError as exc:
         raise JobFailed(f"invalid training configuration: {exc}") from exc
     last_sent = 0.0

@@ -105,6 +105,20 @@ def _generates(checkpoint: ev.Checkpoint) -> str:
     return result.text
 
 
+def _tensorboard_text(runs: Path) -> dict[str, str]:
+    """Text panels (tag -> text) of the TensorBoard event files under ``runs``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    panels = {}
+    for folder in {path.parent for path in runs.rglob("events.out.tfevents.*")}:
+        events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+        events.Reload()
+        for tag in events.Tags()["tensors"]:
+            text = events.Tensors(tag)[-1].tensor_proto.string_val[0].decode()
+            panels[tag.removesuffix("/text_summary")] = text
+    return panels
+
+
 def test_requests_become_checkpoints_that_reload_and_generate(
     kafka_bootstrap, namespace, ledger_url, tmp_path, tiny_models
 ):
@@ -140,6 +154,11 @@ def test_requests_become_checkpoints_that_reload_and_generate(
     # The default tracker, TensorBoard, logged each run in its job's folder.
     for job_id in checkpoints:
         assert list((tmp_path / "ckpt" / job_id / "runs").rglob("events.out.tfevents.*")), job_id
+    # ... with the pipeline's figures beside TRL's arguments: a TensorBoard text panel and vlf_run.json
+    facts = json.loads((tmp_path / "ckpt" / "qwen-lora" / "vlf_run.json").read_text())
+    assert facts["pairs"] == ledger.count(ev.Pair) and facts["strategy"] == "vlfeedback"
+    panel = _tensorboard_text(tmp_path / "ckpt" / "qwen-lora" / "runs")["vlf/run"]
+    assert f"| pairs | {facts['pairs']} |" in panel and "| judges | verify |" in panel
     merged = Path(checkpoints["qwen-merged"].artifact_uri.removeprefix("file://"))
     assert not (merged / "adapter_config.json").exists(), "merged: loads without the adapter or PEFT"
     for checkpoint in checkpoints.values():
