@@ -6,6 +6,8 @@
 #   localhost/vlf:cpu            docker/Dockerfile.cpu: every service, no torch
 #   localhost/vlf:cpu-train      docker/Dockerfile.cpu with the train extra: training Jobs and the
 #                                evaluator on CPU
+#   localhost/vlf:cuda           with --cuda only: docker/Dockerfile.cuda (vLLM, DeepSpeed, torch's
+#                                CUDA wheels) on the same base; not in CI, it needs ~45 GiB free
 # Users build the same Dockerfiles on the public base (`docker build -f docker/Dockerfile.cpu .`);
 # here BASE_IMAGE points at the Debian-built one.
 #
@@ -98,8 +100,25 @@ build_service_image() {
   echo "${tag}: $(podman image inspect --format '{{.Size}}' "${tag}" | numfmt --to=iec)"
 }
 
+# build_cuda_image: docker/Dockerfile.cuda on the Debian base (its python3.11 instead of the Ubuntu
+# base's python3.12). The wheels bring CUDA's libraries; a GPU node's driver must suit them.
+build_cuda_image() {
+  local tag=localhost/vlf:cuda
+  podman image rm --force "${tag}" >/dev/null 2>&1 || true
+  podman image prune --force >/dev/null
+  require_free_gib 45 "${tag}"
+  buildah bud --quiet --isolation chroot --format docker "${host_mounts[@]}" \
+    --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg PYTHON=python3.11 \
+    -f docker/Dockerfile.cuda -t "${tag}" . >/dev/null
+  podman image prune --force >/dev/null
+  echo "${tag}: $(podman image inspect --format '{{.Size}}' "${tag}" | numfmt --to=iec)"
+}
+
 df -h "$(podman info --format '{{.Store.GraphRoot}}')" | sed 's/^/build-images: /'
 stage "base image" build_base
 stage "pause image" bash docker/pause/build-pause.sh
 stage "localhost/vlf:cpu" build_service_image localhost/vlf:cpu data,postgres,kube 3
 stage "localhost/vlf:cpu-train" build_service_image localhost/vlf:cpu-train train,postgres,kube 20
+if [ "${1:-}" = "--cuda" ]; then
+  stage "localhost/vlf:cuda" build_cuda_image
+fi

@@ -112,7 +112,9 @@ class CommonSettings(YamlOverlaySettings):
 
     # --- runtime ---
     max_in_flight: int = Field(8, ge=1, description="Messages handled at once (per-key order is kept).")
-    max_buffered: int = Field(64, ge=1, description="Fetched but unfinished messages before pausing fetch.")
+    max_buffered: int = Field(
+        64, ge=1, description="Messages given to lanes and not yet finished (a rebalance waits for them)."
+    )
     retry_attempts: int = Field(3, ge=1, description="Tries of a message failing with a retryable error.")
     retry_backoff_s: float = Field(0.5, gt=0, description="First backoff; doubles per try, with jitter.")
     commit_interval_s: float = Field(1.0, gt=0)

@@ -139,6 +139,9 @@ class Ledger:
         # Calls from concurrent handler lanes share transactions (see ``Batcher``).
         self._writes = Batcher(self.insert_new)
         self._reads = {table: Batcher(partial(self.select_payloads, table)) for table in _READ_ORDER}
+        # Built once per table: building the statement again for every batch (insert, conflict
+        # clause, RETURNING, their cache key) took a quarter of a one-message write's CPU.
+        self._inserts: dict[Any, Any] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -197,12 +200,10 @@ class Ledger:
             for table, by_id in rows.items():
                 for row_id, values in by_id.items():
                     merged.setdefault(table, {}).setdefault(row_id, values)
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         new: set[tuple[Any, str]] = set()
         with self._transaction() as connection:
             for table, by_id in merged.items():
-                statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.id)
-                ids = connection.execute(statement, list(by_id.values())).scalars()
+                ids = connection.execute(self._insert_new_rows(table), list(by_id.values())).scalars()
                 new.update((table, row_id) for row_id in ids)
         counts = []
         for rows in batch:
@@ -210,6 +211,15 @@ class Ledger:
             counts.append(len(mine))
             new -= mine
         return counts
+
+    def _insert_new_rows(self, table: Any) -> Any:
+        """INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id for ``table``, in this dialect."""
+        statement = self._inserts.get(table)
+        if statement is None:
+            insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+            statement = insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.id)
+            self._inserts[table] = statement
+        return statement
 
     def instruction(self, instruction_id: str) -> ev.Instruction | None:
         with self._session() as s:

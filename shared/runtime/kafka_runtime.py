@@ -40,6 +40,7 @@ from shared.errors import PermanentError, RetryableError
 from shared.runtime.admin import ensure_topics
 from shared.runtime.dlq import dead_letter
 from shared.runtime.event_loop import LoopThread
+from shared.runtime.intake import READ_AHEAD, Intake
 from shared.runtime.lanes import AsyncLanePool, LanePool
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.offsets import OffsetTracker
@@ -53,10 +54,6 @@ _Send = tuple[str, bytes | None, bytes | None, list]  # topic, key, value, heade
 
 LAG_INTERVAL_S = 5.0
 POLL_TIMEOUT_MS = 200
-# While some partitions are paused and others fetch, the loop comes back this often to resume the
-# paused ones as soon as lanes have finished their messages; a full POLL_TIMEOUT_MS wait there made
-# the runtime latency-bound. (With every partition paused it waits for lanes to drain one instead.)
-PAUSED_POLL_TIMEOUT_MS = 10
 PUBLISH_TIMEOUT_S = 30.0
 # How long the broker may hold a fetch that found no new data. One fetch at a time goes to each
 # broker, so a partition resumed after backpressure waits behind it: at kafka-python's 500 ms,
@@ -108,10 +105,6 @@ class KafkaRuntime:
         self.registry = registry or CollectorRegistry()
         self.metrics = RuntimeMetrics(self.registry)
         self._tracker = OffsetTracker()
-        # Set when a lane's finished message brings its partition down to where it may resume
-        # (``_resume_at`` held), so a loop with every partition paused wakes at once, not by polling.
-        self._drained = threading.Event()
-        self._resume_at = 0
         self._stopping = threading.Event()  # stop fetching; lanes finish what they were given
         self._abandon = threading.Event()  # grace period over (or a crash): leave the rest uncommitted
         self._fatal: BaseException | None = None
@@ -122,6 +115,7 @@ class KafkaRuntime:
             if definition.loop is None
             else AsyncLanePool(settings.max_in_flight, self._abandon, definition.loop)
         )
+        self._intake = Intake(settings.max_buffered, self._tracker, self._lanes.put, self._count_consumed)
         self._republish: queue.Queue = queue.Queue()
         self._republish_thread = threading.Thread(target=self._republisher, name="republisher", daemon=True)
         self._last_tick = time.monotonic()
@@ -244,24 +238,15 @@ class KafkaRuntime:
         next_commit = next_lag = time.monotonic()
         while not self._stopping.is_set():
             self._last_tick = time.monotonic()
-            self._drained.clear()
-            paused = self._apply_backpressure()
-            if paused and paused == self._consumer.assignment():
-                # Nothing to fetch until lanes drain a partition: wait for that, not in 10 ms polls
-                # (100 wake-ups a second that took the GIL from the lanes). poll(0) below still runs
-                # at least every POLL_TIMEOUT_MS, for rebalances and the max poll interval.
-                self._drained.wait(POLL_TIMEOUT_MS / 1000)
-                timeout_ms = 0
-            else:
-                timeout_ms = PAUSED_POLL_TIMEOUT_MS if paused else POLL_TIMEOUT_MS
-            room = max(1, self.settings.max_buffered - self._tracker.in_flight())
-            batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=room)
-            for tp, records in batch.items():
-                for record in records:
-                    self._tracker.started((tp.topic, tp.partition), record.offset)
-                    self.metrics.consumed.labels(self.definition.name, tp.topic).inc()
-                    self._lanes.put(record)
-            self.metrics.in_flight.labels(self.definition.name).set(self._tracker.in_flight())
+            self._intake.hand_out()
+            self._intake.apply_backpressure(self._consumer)
+            # With fetched messages waiting for a full buffer: sleep until lanes make room, then
+            # poll(0), which still runs at least every POLL_TIMEOUT_MS (rebalances, poll interval).
+            waited = self._intake.wait_for_room(POLL_TIMEOUT_MS / 1000)
+            timeout_ms = 0 if waited else POLL_TIMEOUT_MS
+            self._intake.add(self._consumer.poll(timeout_ms=timeout_ms, max_records=READ_AHEAD))
+            held = self._tracker.in_flight() + self._intake.waiting()
+            self.metrics.in_flight.labels(self.definition.name).set(held)
             now = time.monotonic()
             if now >= next_commit:
                 self._commit()
@@ -270,55 +255,8 @@ class KafkaRuntime:
                 self._update_lag()
                 next_lag = now + LAG_INTERVAL_S
 
-    def _apply_backpressure(self) -> set[TopicPartition]:
-        """Pause each partition holding its share of ``max_buffered`` unfinished messages, and resume
-        it once it is down to half its share.
-
-        A share per partition, not one pause for all: the fetcher serves partitions in a fixed order
-        and drops what it fetched for paused ones, so pausing everything whenever the buffer filled
-        let the first partitions refill it each time and starved the last one for good (found by
-        the 2,000-instruction chaos run's stall detector). Resuming at half, not at one below the
-        share, makes each fetch bring half a share instead of a message or two: far fewer fetch
-        round trips and pause/resume flips per message.
-
-        Only partitions with work count: a partition that holds nothing and has nothing left to
-        fetch gives its share to the others. Partitions of a backlog run out at different times,
-        and with fixed shares the last one or two could hold too few messages to fill the lanes (a
-        second of half-empty model slots at the end of a 6,400-answer sampler run). A partition
-        that gets new messages counts again from the next poll. Returns the partitions now paused.
-        """
-        assert self._consumer is not None
-        assignment = self._consumer.assignment()
-        if not assignment:
-            return set()
-        by_key = self._tracker.in_flight_by_partition()
-        held = {tp: by_key.get((tp.topic, tp.partition), 0) for tp in assignment}
-        with_work = [tp for tp in assignment if held[tp] or not self._caught_up(tp)]
-        share = max(1, self.settings.max_buffered // max(1, len(with_work)))
-        self._resume_at = share // 2
-        paused = self._consumer.paused()
-        if sum(held.values()) >= self.settings.max_buffered:
-            # The buffer is full, whatever the shares: one poll can bring a partition past its
-            # share, and the others then still took theirs (up to twice ``max_buffered`` held).
-            full = {tp for tp in with_work if tp not in paused}
-            drained: set[TopicPartition] = set()
-        else:
-            full = {tp for tp in assignment - paused if held[tp] >= share}
-            drained = {tp for tp in paused if held.get(tp, 0) <= self._resume_at}
-        if full:
-            self._consumer.pause(*full)
-        if drained:
-            self._consumer.resume(*drained)
-        return paused - drained | full
-
-    def _caught_up(self, tp: TopicPartition) -> bool:
-        """Everything the partition had when last fetched has been handed to the lanes."""
-        assert self._consumer is not None
-        highwater = self._consumer.highwater(tp)
-        if highwater is None:  # not fetched yet
-            return False
-        position = self._consumer.position(tp, timeout_ms=0)  # 0: never blocks to look it up
-        return position is not None and position >= highwater
+    def _count_consumed(self, topic_name: str, count: int) -> None:
+        self.metrics.consumed.labels(self.definition.name, topic_name).inc(count)
 
     def _commit(self) -> None:
         ready = self._tracker.take_committable()
@@ -329,6 +267,9 @@ class KafkaRuntime:
             self._consumer.commit(offsets)
         except KafkaError as exc:  # e.g. a rebalance took the partition: its new owner redoes the work
             log.warning("commit failed, messages will be redelivered: %s", exc)
+            return
+        for (topic_name, partition), offset in ready.items():
+            self.metrics.committed.labels(self.definition.name, topic_name, str(partition)).set(offset)
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
@@ -510,8 +451,7 @@ class KafkaRuntime:
         self.metrics.handler_seconds.labels(self.definition.name, record.topic).observe(
             time.monotonic() - started
         )
-        if self._tracker.finished((record.topic, record.partition), record.offset) <= self._resume_at:
-            self._drained.set()
+        self._intake.finished(self._tracker.finished((record.topic, record.partition), record.offset))
 
     def _publish_then_finish(self, record, sends: list[_Send], started: float) -> None:  # noqa: ANN001
         """Send without waiting: the lane moves on, and the offset is finished from the producer's ack
@@ -614,6 +554,7 @@ class _Rebalance(ConsumerRebalanceListener):
             self._runtime._drain(timeout_s=self._runtime.settings.max_poll_interval_ms / 2000)
         self._runtime._commit()
         self._runtime._tracker.forget([(tp.topic, tp.partition) for tp in revoked])
+        self._runtime._intake.drop(revoked)
 
     def on_partitions_assigned(self, assigned) -> None:  # noqa: ANN001
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))

@@ -30,6 +30,12 @@ class RuntimeMetrics:
         self.lag = Gauge(
             "vlf_consumer_lag", "High watermark minus position.", [*labels, "partition"], registry=registry
         )
+        self.committed = Gauge(
+            "vlf_committed_offset",
+            "The group's last offset committed by this replica: next message to read.",
+            [*labels, "partition"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "vlf_in_flight", "Messages fetched and not yet finished.", ["service"], registry=registry
         )

@@ -27,23 +27,26 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._partitions: dict[TopicPartitionKey, _PartitionOffsets] = {}
+        self._held = 0  # pending offsets over all partitions
 
     def started(self, tp: TopicPartitionKey, offset: int) -> None:
         with self._lock:
             self._partitions.setdefault(tp, _PartitionOffsets()).pending.append(offset)
+            self._held += 1
 
     def finished(self, tp: TopicPartitionKey, offset: int) -> int:
-        """Mark an offset done; returns how many of the partition's messages are still held."""
+        """Mark an offset done; returns how many messages (of every partition) are still held."""
         with self._lock:
             part = self._partitions.get(tp)
             if part is None:  # partition revoked meanwhile; its new owner re-processes the message
-                return 0
+                return self._held
             part.done.add(offset)
             while part.pending and part.pending[0] in part.done:
                 first = part.pending.popleft()
                 part.done.discard(first)
                 part.committable = first + 1
-            return len(part.pending)
+                self._held -= 1
+            return self._held
 
     def take_committable(self) -> dict[TopicPartitionKey, int]:
         """Offsets to commit now (each partition at most once until it advances again)."""
@@ -54,14 +57,13 @@ class OffsetTracker:
             return ready
 
     def in_flight(self) -> int:
+        """Messages started and not yet committable: a finished one behind an unfinished one counts."""
         with self._lock:
-            return sum(len(p.pending) for p in self._partitions.values())
-
-    def in_flight_by_partition(self) -> dict[TopicPartitionKey, int]:
-        with self._lock:
-            return {tp: len(p.pending) for tp, p in self._partitions.items() if p.pending}
+            return self._held
 
     def forget(self, tps: list[TopicPartitionKey]) -> None:
         with self._lock:
             for tp in tps:
-                self._partitions.pop(tp, None)
+                part = self._partitions.pop(tp, None)
+                if part is not None:
+                    self._held -= len(part.pending)

@@ -342,8 +342,11 @@ def test_offsets_are_committed_only_after_the_outputs_are_acknowledged(kafka_boo
         wait_until(lambda: len(handled) == len(events), 60, "every handler returned")
         time.sleep(4)  # twenty commit intervals
         assert _committed(kafka_bootstrap, namespace, group) == 0, "committed before the outputs were acked"
+        gauge = {"service": "guarantees", "topic": namespace + INSTRUCTIONS.name, "partition": "0"}
+        assert runtime.registry.get_sample_value("vlf_committed_offset", gauge) is None
         create_topics(kafka_bootstrap, [namespace + topics.RESPONSES.name], partitions=2)
         wait_until(lambda: _committed(kafka_bootstrap, namespace, group) == len(events), 90, "commits")
+        assert runtime.registry.get_sample_value("vlf_committed_offset", gauge) == len(events)
     answers = consume_all(kafka_bootstrap, namespace + topics.RESPONSES.name, expect=len(events))
     assert {r.key.decode() for r in answers} == {e.instruction_id for e in events}
     assert handled == [e.instruction_id for e in events], "no message may be handled twice here"

@@ -57,12 +57,15 @@ def test_a_record_without_key_value_or_header_value_still_makes_a_letter():
     assert ("trace", b"") in letter.headers
 
 
-def test_in_flight_is_counted_per_partition():
+def test_in_flight_counts_every_partition_and_a_finished_message_behind_an_unfinished_one():
     tracker = OffsetTracker()
     other = ("vlf.responses.v1", 1)
     for offset in (0, 1, 2):
         tracker.started(TP, offset)
     tracker.started(other, 7)
-    tracker.finished(TP, 1)  # done but behind an unfinished one: still held
-    tracker.finished(other, 7)
-    assert tracker.in_flight_by_partition() == {TP: 3}
+    assert tracker.finished(TP, 1) == 4  # done but behind an unfinished one: still held
+    assert tracker.finished(other, 7) == 3
+    assert tracker.in_flight() == 3
+    assert tracker.finished(TP, 0) == 1  # 0 and 1 are committable now
+    tracker.forget([TP])
+    assert tracker.in_flight() == 0
