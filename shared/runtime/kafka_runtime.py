@@ -555,6 +555,8 @@ class _Rebalance(ConsumerRebalanceListener):
         self._runtime._commit()
         self._runtime._tracker.forget([(tp.topic, tp.partition) for tp in revoked])
         self._runtime._intake.drop(revoked)
+        for tp in revoked:
+            self._runtime.metrics.forget_partition(self._runtime.definition.name, tp.topic, tp.partition)
 
     def on_partitions_assigned(self, assigned) -> None:  # noqa: ANN001
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))

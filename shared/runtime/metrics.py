@@ -39,3 +39,9 @@ class RuntimeMetrics:
         self.in_flight = Gauge(
             "vlf_in_flight", "Messages fetched and not yet finished.", ["service"], registry=registry
         )
+
+    def forget_partition(self, service: str, topic: str, partition: int) -> None:
+        """Drop the per-partition series of a partition this replica gave up: its new owner reports
+        them, and a stale lag kept here would be summed with the owner's and hold an alert firing."""
+        self.lag.remove(service, topic, str(partition))
+        self.committed.remove(service, topic, str(partition))

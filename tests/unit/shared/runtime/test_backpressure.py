@@ -1,6 +1,6 @@
 """The poll loop's bounds (``shared.runtime.intake``): fetched messages go to lanes while fewer than
 ``max_buffered`` are unfinished, each partition in turn, and a partition's fetching pauses when it
-holds ``READ_AHEAD`` fetched messages.
+holds ``READ_AHEAD`` fetched messages; and what a revoked partition leaves behind (nothing).
 
 The consumer here is a stand-in that records pauses; the real broker behaviour (no partition starves
 while the buffer is full) is tested in ``tests/integration/test_runtime.py``.
@@ -136,6 +136,22 @@ def test_a_revoked_partitions_fetched_messages_are_dropped_not_handed_out():
     runtime._intake.hand_out()
     assert {r.partition for r in lanes.given[given:]} == {1}
     assert runtime._intake.waiting() == 20 - 5 - 10  # P1: 5 given at first, 10 once the lanes are free
+
+
+def test_a_revoked_partitions_lag_and_committed_offset_are_no_longer_reported():
+    definition = ServiceDefinition(name="t", group_id="t", routes={INSTRUCTIONS.name: lambda event: []})
+    runtime = KafkaRuntime(definition, CommonSettings())
+    runtime._consumer = StandInConsumer({P0, P1})  # type: ignore[assignment]  # commit() only
+    for tp, lag in ((P0, 120), (P1, 7)):
+        runtime.metrics.lag.labels("t", tp.topic, str(tp.partition)).set(lag)
+        runtime.metrics.committed.labels("t", tp.topic, str(tp.partition)).set(1000)
+    runtime.stop()
+    _Rebalance(runtime).on_partitions_revoked({P0})
+    p0 = {"service": "t", "topic": P0.topic, "partition": "0"}
+    assert runtime.registry.get_sample_value("vlf_consumer_lag", p0) is None
+    assert runtime.registry.get_sample_value("vlf_committed_offset", p0) is None
+    p1 = {**p0, "partition": "1"}
+    assert runtime.registry.get_sample_value("vlf_consumer_lag", p1) == 7
 
 
 def test_with_a_full_buffer_the_loop_waits_for_lanes_instead_of_polling_and_hands_out_at_once():
