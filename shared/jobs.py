@@ -139,12 +139,19 @@ class JobSupervisor:
                 continue
             if busy >= self.max_parallel:
                 continue
+            # Counted before the start: a crash just after it (the service's pod killed once its Job
+            # exists) would leave a live run the ledger never counted, and the next run would reuse
+            # its number. A start that fails (refused, or the cluster API away) is uncounted again.
+            self.ledger.update_job(job.id, attempts=job.attempts + 1)
             try:
                 self.launcher.start(job.id, job.attempts + 1)
             except UnlaunchableJob as exc:
+                self.ledger.update_job(job.id, attempts=job.attempts)
                 self._fail(job.id, f"cannot be started: {exc}")
                 continue
-            self.ledger.update_job(job.id, add_attempt=True)  # counted once it really started
+            except Exception:
+                self.ledger.update_job(job.id, attempts=job.attempts)
+                raise
             busy += 1
 
     def _fail(self, job_id: str, reason: str) -> None:

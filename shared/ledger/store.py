@@ -580,7 +580,7 @@ class Ledger:
         status: str | None = None,
         progress: dict | None = None,
         error: str | None = None,
-        add_attempt: bool = False,
+        attempts: int | None = None,
     ) -> None:
         with self._session() as s:
             row = s.get(t.JobRow, job_id)
@@ -592,8 +592,8 @@ class Ledger:
                 row.progress = progress
             if error is not None:
                 row.error = error
-            if add_attempt:
-                row.attempts += 1
+            if attempts is not None:
+                row.attempts = attempts
             row.updated_at = _now()
 
     def job(self, job_id: str) -> t.JobRow | None:

@@ -142,7 +142,7 @@ def test_finished_jobs_are_left_alone_and_parallelism_is_capped(ledger: Ledger) 
 
 def test_a_run_found_alive_after_a_restart_is_not_started_again(ledger: Ledger) -> None:
     ledger.create_job("j1", "train", {})
-    ledger.update_job("j1", status="running", add_attempt=True)
+    ledger.update_job("j1", status="running", attempts=1)
     launcher = ScriptedLauncher(alive={"j1"})  # e.g. a Kubernetes Job created before the restart
     JobSupervisor(ledger, "train", launcher).tick()
     assert launcher.started == []
@@ -279,3 +279,29 @@ def test_the_supervisor_survives_a_failing_round(ledger: Ledger) -> None:
         stopped.set()
         thread.join(timeout=10)
     assert launcher.started == [("j1", 1)] and launcher.calls >= 2
+
+
+def test_a_run_is_counted_before_it_starts_so_a_crash_just_after_cannot_lose_it(ledger: Ledger) -> None:
+    """What a restarted service finds if this one dies the moment the run exists: the run counted
+    (counting after the start lost it, and the next run reused its number)."""
+    counted_at_start: list[int] = []
+
+    class CountingLauncher(ScriptedLauncher):
+        def start(self, job_id: str, attempt: int) -> None:
+            counted_at_start.append(ledger.job(job_id).attempts)
+            super().start(job_id, attempt)
+
+    ledger.create_job("j1", "train", {})
+    JobSupervisor(ledger, "train", CountingLauncher()).tick()
+    assert counted_at_start == [1]
+
+
+def test_a_start_that_fails_is_not_counted(ledger: Ledger) -> None:
+    class UnreachableLauncher(ScriptedLauncher):
+        def start(self, job_id: str, attempt: int) -> None:
+            raise ConnectionError("API server unreachable")
+
+    ledger.create_job("j1", "train", {})
+    with pytest.raises(ConnectionError):
+        JobSupervisor(ledger, "train", UnreachableLauncher()).tick()
+    assert ledger.job("j1").attempts == 0

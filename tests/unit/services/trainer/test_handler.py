@@ -36,7 +36,7 @@ def test_a_request_is_queued_once_and_announced_once(ctx: TrainerContext) -> Non
 
 def test_a_redelivered_request_queues_nothing_and_leaves_a_running_job_alone(ctx: TrainerContext) -> None:
     handle_train_request(_request(), ctx)
-    ctx.ledger.update_job("train-1", status="running", add_attempt=True)
+    ctx.ledger.update_job("train-1", status="running", attempts=1)
 
     again = handle_train_request(_request(), ctx)
 

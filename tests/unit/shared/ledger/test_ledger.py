@@ -90,7 +90,7 @@ def test_concurrent_writers_never_duplicate(ledger):
 def test_jobs_are_created_once_and_updated(ledger):
     assert ledger.create_job("job-1", "train", {"base_model": "m"})
     assert not ledger.create_job("job-1", "train", {"base_model": "other"})
-    ledger.update_job("job-1", status="running", progress={"step": 3}, add_attempt=True)
+    ledger.update_job("job-1", status="running", progress={"step": 3}, attempts=1)
     job = ledger.job("job-1")
     assert (job.status, job.progress, job.attempts, job.request) == (
         "running",
